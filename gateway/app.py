@@ -1,0 +1,175 @@
+"""Starlette app factory: ``uvicorn gateway.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from pool import DialFailed, PoolError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from gateway.config import Config, load_config
+from gateway.context import GatewayContext
+from gateway.events import error_json
+from gateway.forward.ctx_pool import CtxPoolForwarder
+from gateway.forward.passthrough import PassthroughForwarder
+from gateway.http_ingress import http_responses
+from gateway.logs import setup_logging
+from gateway.session import ClientSession, Forwarder
+from gateway.upstream.headers import session_key
+from gateway.upstream.ws import HandshakeRejected
+
+log = logging.getLogger("gateway.app")
+
+WS_PATHS = ("/v1/responses", "/backend-api/codex/responses")
+
+
+def _json_error(status: int, code: str, message: str, error_type: str = "invalid_request_error") -> Response:
+    return Response(error_json(status, code, message, error_type), status_code=status, media_type="application/json")
+
+
+def _dial_failure_response(exc: Exception) -> Response:
+    cause = exc.__cause__ or exc
+    if isinstance(cause, HandshakeRejected):
+        status = cause.status if cause.status in (401, 403, 429) else 502
+        if cause.status >= 500:
+            status = 503
+        return _json_error(status, "upstream_handshake_rejected", f"upstream refused the WebSocket: HTTP {cause.status}", "upstream_error")
+    return _json_error(503, "upstream_unavailable", f"upstream WebSocket unavailable: {cause}", "upstream_error")
+
+
+class Gateway:
+    def __init__(self, cfg: Config) -> None:
+        self.ctx = GatewayContext(cfg)
+
+    async def ws_endpoint(self, websocket: WebSocket) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
+        headers = {k.lower(): v for k, v in websocket.headers.items()}
+        identity = ctx.directory.authenticate(headers.get("authorization"))
+        if identity is None:
+            metrics.handshakes.labels("unauthorized").inc()
+            await websocket.send_denial_response(
+                _json_error(401, "invalid_api_key", "missing or unknown gateway key (Authorization: Bearer <key>)", "authentication_error")
+            )
+            return
+        if ctx.draining:
+            metrics.handshakes.labels("draining").inc()
+            await websocket.send_denial_response(_json_error(503, "server_shutting_down", "this instance is draining", "server_error"))
+            return
+        if not ctx.ws_servable(identity.group):
+            # Codex falls back to HTTP at once on 426 instead of retrying (PROTOCOL §6).
+            metrics.handshakes.labels("upgrade_required").inc()
+            await websocket.send_denial_response(
+                _json_error(426, "websocket_not_available", "WebSocket mode is not available here; use HTTP POST /v1/responses")
+            )
+            return
+        forwarder: Forwarder
+        accept_headers: list[tuple[bytes, bytes]] = []
+        sess_key = session_key(headers)
+        if ctx.cfg.openai_ws.mode == "passthrough":
+            account = ctx.pick_account(identity.group)
+            if account is None:
+                await websocket.send_denial_response(_json_error(503, "no_account", "no upstream account for this key's group", "server_error"))
+                return
+            try:
+                pt = await PassthroughForwarder.open(ctx, account, headers)
+            except (DialFailed, PoolError) as exc:
+                metrics.handshakes.labels("upstream_failed").inc()
+                await websocket.send_denial_response(_dial_failure_response(exc))
+                return
+            turn_state = headers.get("x-codex-turn-state") or pt.upstream_turn_state
+            forwarder = pt
+        else:
+            cp = CtxPoolForwarder(ctx, identity, headers, sess_key)
+            turn_state = await cp.handshake_turn_state()
+            forwarder = cp
+        if turn_state:
+            accept_headers.append((b"x-codex-turn-state", turn_state.encode("latin-1")))
+        accept_headers.append((b"x-gateway-instance", ctx.instance_id.encode("latin-1", "replace")))
+        try:
+            await websocket.accept(headers=accept_headers)
+        except Exception:
+            await forwarder.aclose()
+            return
+        metrics.handshakes.labels("accepted").inc()
+        metrics.sessions.inc()
+        session = ClientSession(
+            websocket,
+            identity,
+            headers,
+            forwarder,
+            ctx.registry,
+            idle_timeout_s=ctx.cfg.server.client_idle_timeout_s,
+            first_message_timeout_s=ctx.cfg.server.first_message_timeout_s,
+        )
+        try:
+            await session.run()
+        finally:
+            metrics.sessions.dec()
+
+    async def http_endpoint(self, request: Request) -> Response:
+        return await http_responses(self.ctx, request)
+
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "instance": self.ctx.instance_id}, headers={"x-gateway-instance": self.ctx.instance_id})
+
+    async def readyz(self, request: Request) -> Response:
+        ctx = self.ctx
+        if ctx.draining:
+            return JSONResponse({"status": "draining", "instance": ctx.instance_id}, status_code=503, headers={"x-gateway-instance": ctx.instance_id})
+        store_ok = await ctx.store.ping()
+        body = {"status": "ready" if store_ok else "degraded", "instance": ctx.instance_id, "statestore": "ok" if store_ok else "unreachable"}
+        return JSONResponse(body, headers={"x-gateway-instance": ctx.instance_id})
+
+    async def metrics(self, request: Request) -> Response:
+        self.ctx.refresh_gauges()
+        return Response(self.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.ctx.start()
+        try:
+            yield
+        finally:
+            await self.ctx.aclose()
+
+    async def drain(self, timeout: float, close_code: int) -> None:
+        """R-26: refuse new sockets and turns, let turns finish, then close clients."""
+        ctx = self.ctx
+        ctx.draining = True
+        for session in list(ctx.registry.sessions):
+            session.draining = True
+        finished = await ctx.registry.wait_idle(timeout)
+        if not finished:
+            log.warning("drain timeout: closing sockets with turns still in flight", extra={"event": "drain_timeout", "turns": ctx.registry.turns_in_flight})
+        for session in list(ctx.registry.sessions):
+            await session.close_for_drain(close_code)
+
+
+def build_app(cfg: Config) -> Starlette:
+    gateway = Gateway(cfg)
+    routes = []
+    for path in WS_PATHS:
+        routes.append(WebSocketRoute(path, gateway.ws_endpoint))
+        routes.append(Route(path, gateway.http_endpoint, methods=["POST"]))
+    routes += [
+        Route("/healthz", gateway.healthz),
+        Route("/readyz", gateway.readyz),
+        Route("/metrics", gateway.metrics),
+    ]
+    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    app.state.gateway = gateway
+    return app
+
+
+def create_app(config: Config | None = None) -> Starlette:
+    """The uvicorn factory; reads GATEWAY_CONFIG when no config is given."""
+    cfg = config or load_config()
+    setup_logging(cfg.telemetry.log_level, cfg.telemetry.log_format)
+    return build_app(cfg)

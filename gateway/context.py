@@ -1,0 +1,172 @@
+"""Process-wide wiring: config, accounts, pools, state store, HTTP clients, metrics.
+
+Forwarders get one ``GatewayContext`` and nothing global.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from pool import PoolConfig, PoolManager
+from statestore import StateStore, open_store
+
+from gateway.auth import ClientDirectory
+from gateway.config import Account, Config
+from gateway.resolver import Resolution, resolve
+from gateway.session import SessionRegistry
+from gateway.telemetry import Metrics, StoreMetricsHooks
+from gateway.upstream.dialer import UpstreamDialer
+from gateway.upstream.http import HttpClients
+
+
+def pool_config_for(cfg: Config, account: Account | None = None) -> PoolConfig:
+    ws = cfg.openai_ws
+    return PoolConfig(
+        max_conns=account.max_conns if account else 128,
+        min_idle=ws.min_idle_per_account,
+        max_idle=ws.max_idle_per_account,
+        queue_limit=ws.queue_limit,
+        acquire_timeout_s=ws.acquire_timeout_s,
+        ping_before_lease_idle_s=ws.ping_before_lease_idle_s,
+        ping_timeout_s=ws.ping_timeout_s,
+        ping_interval_s=ws.ping_interval_s,
+        max_age_s=ws.max_conn_age_s,
+        maintenance_interval_s=ws.maintenance_interval_s,
+        prewarm_cooldown_s=ws.prewarm_cooldown_ms / 1000.0,
+    )
+
+
+class TranscriptBudget:
+    """Process-wide byte cap for per-socket transcripts (R-28)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def try_take(self, nbytes: int) -> bool:
+        if self.used + nbytes > self.limit:
+            return False
+        self.used += nbytes
+        return True
+
+    def give_back(self, nbytes: int) -> None:
+        self.used = max(0, self.used - nbytes)
+
+
+class GatewayContext:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.instance_id = cfg.server.instance_id
+        self.metrics = Metrics()
+        self.directory = ClientDirectory(cfg.clients)
+        self.accounts: dict[str, Account] = {a.id: a for a in cfg.accounts}
+        self.groups: dict[str, list[Account]] = defaultdict(list)
+        for account in cfg.accounts:
+            self.groups[account.group].append(account)
+        self.http = HttpClients(
+            connect_timeout=cfg.openai_ws.dial_timeout_s, read_timeout=cfg.openai_ws.read_timeout_s
+        )
+        self.dialer = UpstreamDialer(
+            self.accounts,
+            cfg.openai_ws,
+            instance_id=self.instance_id,
+            max_message_bytes=cfg.server.max_message_bytes,
+        )
+        self.pools = PoolManager(
+            self.dialer,
+            pool_config_for(cfg),
+            per_account={a.id: pool_config_for(cfg, a) for a in cfg.accounts},
+        )
+        st = cfg.statestore
+        self.store: StateStore = open_store(
+            st.url,
+            op_timeout_ms=st.op_timeout_ms,
+            response_ttl_s=st.response_ttl_s,
+            cache_max_entries=st.cache_max_entries,
+            key_prefix=st.key_prefix,
+            hooks=StoreMetricsHooks(self.metrics),
+            pool_max_connections=st.pool_max_connections,
+        )
+        self.registry = SessionRegistry()
+        self.transcripts = TranscriptBudget(cfg.openai_ws.transcript_max_bytes_total)
+        self.active: dict[str, int] = defaultdict(int)  # account -> turns/sockets in use
+        self._cooldown_until: dict[str, float] = {}
+        # Which response each upstream socket holds in its connection-local cache: with
+        # store:false only that one can be continued on that socket (PROTOCOL §5).
+        self._conn_holds: dict[str, str] = {}
+        self.draining = False
+
+    # -- upstream socket state -------------------------------------------------------
+    def conn_remember(self, conn_id: str, response_id: str) -> None:
+        self._conn_holds[conn_id] = response_id
+
+    def conn_forget(self, conn_id: str) -> None:
+        self._conn_holds.pop(conn_id, None)
+
+    def conn_holds(self, conn_id: str) -> str | None:
+        return self._conn_holds.get(conn_id)
+
+    def refresh_gauges(self) -> None:
+        m = self.metrics
+        for account_id, stats in self.pools.stats().items():
+            m.pool_size.labels(account_id, "idle").set(stats.idle)
+            m.pool_size.labels(account_id, "leased").set(stats.leased)
+            m.pool_size.labels(account_id, "total").set(stats.size)
+            m.pool_reuse.labels(account_id).set(stats.reuse_ratio)
+        live = {conn_id for conn_id in self._conn_holds if not self.pools_has(conn_id)}
+        for conn_id in live:
+            self._conn_holds.pop(conn_id, None)
+
+    def pools_has(self, conn_id: str) -> bool:
+        account_id = conn_id.split(":")[1] if conn_id.count(":") >= 2 else ""
+        if account_id not in self.accounts:
+            return False
+        return self.pools.pool(account_id).has_conn(conn_id)
+
+    # -- protocol and account choice -------------------------------------------------
+    def cooling_down(self, account_id: str) -> bool:
+        until = self._cooldown_until.get(account_id)
+        return until is not None and time.monotonic() < until
+
+    def start_cooldown(self, account_id: str) -> None:
+        seconds = self.cfg.openai_ws.fallback_cooldown_s
+        if seconds > 0:
+            self._cooldown_until[account_id] = time.monotonic() + seconds
+
+    def resolution(self, account: Account) -> Resolution:
+        return resolve(account, self.cfg.openai_ws, cooling_down=self.cooling_down(account.id))
+
+    def ws_servable(self, group: str) -> bool:
+        """Whether a client of ``group`` should get a WebSocket at all (else 426)."""
+        ws = self.cfg.openai_ws
+        if ws.force_http or not ws.enabled or ws.mode == "off":
+            return False
+        return any(resolve(a, ws).transport == "ws" for a in self.groups.get(group, []))
+
+    def pick_account(self, group: str, *, prefer_ws: bool = True) -> Account | None:
+        """Least loaded (by weight) account of the group, WebSocket-capable ones first."""
+        best: Account | None = None
+        best_key: tuple[int, float] | None = None
+        for account in self.groups.get(group, []):
+            ws_ok = self.resolution(account).transport == "ws"
+            key = (0 if (ws_ok or not prefer_ws) else 1, self.active[account.id] / account.weight)
+            if best_key is None or key < best_key:
+                best, best_key = account, key
+        return best
+
+    def account_in_group(self, account_id: str | None, group: str) -> Account | None:
+        if account_id is None:
+            return None
+        account = self.accounts.get(account_id)
+        if account is None or account.group != group:
+            return None
+        return account
+
+    async def start(self) -> None:
+        self.pools.start()
+
+    async def aclose(self) -> None:
+        await self.pools.aclose()
+        await self.http.aclose()
+        await self.store.aclose()

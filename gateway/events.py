@@ -1,0 +1,154 @@
+"""Selective peeks at client messages and upstream events.
+
+The hot path never decodes a whole event: ``event_type`` reads the ``type`` from the
+frame's prefix (the API always writes it first) and falls back to a one-field typed
+decode. Only the few events that carry continuation state (created, terminal, error)
+get a typed decode of the fields the gateway needs.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+TERMINAL_TYPES: Final = frozenset(
+    {
+        "response.completed",
+        "response.failed",
+        "response.incomplete",
+        "response.cancelled",
+        "response.canceled",
+        "response.done",
+        "error",
+    }
+)
+RESPONSE_TERMINAL_TYPES: Final = TERMINAL_TYPES - {"error"}
+CALL_ITEM_TYPES: Final = frozenset(
+    {"function_call", "custom_tool_call", "local_shell_call", "tool_search_call"}
+)
+
+_PREFIX = '{"type":"'
+_PREFIX_B = b'{"type":"'
+
+
+class _TypePeek(msgspec.Struct):
+    type: str = ""
+
+
+_type_decoder = msgspec.json.Decoder(_TypePeek)
+
+
+def event_type(frame: str | bytes) -> str:
+    """The ``type`` of a JSON event; "" when absent. Raises msgspec.DecodeError if not JSON."""
+    if isinstance(frame, str):
+        if frame.startswith(_PREFIX):
+            end = frame.find('"', 9, 80)
+            if end > 0 and "\\" not in frame[9:end]:
+                return frame[9:end]
+    elif frame.startswith(_PREFIX_B):
+        end = frame.find(b'"', 9, 80)
+        if end > 0 and b"\\" not in frame[9:end]:
+            return frame[9:end].decode()
+    return _type_decoder.decode(frame).type
+
+
+class ErrorBody(msgspec.Struct):
+    type: str | None = None
+    code: str | None = None
+    message: str | None = None
+    param: str | None = None
+
+
+class UsagePeek(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class OutputItemPeek(msgspec.Struct):
+    type: str = ""
+    call_id: str | None = None
+
+
+class ResponsePeek(msgspec.Struct):
+    id: str = ""
+    status: str = ""
+    model: str | None = None
+    output: list[msgspec.Raw] = []
+    usage: UsagePeek | None = None
+    error: ErrorBody | None = None
+
+
+class ResponseEventPeek(msgspec.Struct):
+    type: str = ""
+    response: ResponsePeek | None = None
+
+
+class ErrorEventPeek(msgspec.Struct):
+    type: str = ""
+    status: int | None = None
+    status_code: int | None = None
+    error: ErrorBody | None = None
+
+
+_response_decoder = msgspec.json.Decoder(ResponseEventPeek)
+_error_decoder = msgspec.json.Decoder(ErrorEventPeek)
+_item_decoder = msgspec.json.Decoder(OutputItemPeek)
+
+
+def peek_response(frame: str | bytes) -> ResponsePeek:
+    peek = _response_decoder.decode(frame)
+    return peek.response or ResponsePeek()
+
+
+def peek_error(frame: str | bytes) -> ErrorEventPeek:
+    return _error_decoder.decode(frame)
+
+
+def pending_calls(output: list[msgspec.Raw]) -> dict[str, str]:
+    """call_id -> call item type for every tool call in a response's output."""
+    calls: dict[str, str] = {}
+    for raw in output:
+        item = _item_decoder.decode(raw)
+        if item.type in CALL_ITEM_TYPES and item.call_id:
+            calls[item.call_id] = item.type
+    return calls
+
+
+# -- frames the gateway itself sends to clients ------------------------------------
+
+
+class _ErrorDetail(msgspec.Struct, omit_defaults=True):
+    code: str | None
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+
+
+class _ErrorEvent(msgspec.Struct):
+    type: str
+    status: int
+    error: _ErrorDetail
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_event(
+    status: int,
+    code: str | None,
+    message: str,
+    *,
+    error_type: str = "invalid_request_error",
+    param: str | None = None,
+) -> str:
+    """An ``error`` event in the upstream's own shape (R-06)."""
+    event = _ErrorEvent("error", status, _ErrorDetail(code, message, error_type, param))
+    return _encoder.encode(event).decode()
+
+
+def error_json(status: int, code: str | None, message: str, error_type: str) -> bytes:
+    """HTTP JSON error body in the OpenAI shape."""
+    body = {"error": {"message": message, "type": error_type, "code": code, "param": None}}
+    return _encoder.encode(body)

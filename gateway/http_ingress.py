@@ -1,0 +1,52 @@
+"""POST /v1/responses: clients that fell back to HTTP keep working (SSE or JSON)."""
+
+from __future__ import annotations
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from gateway.context import GatewayContext
+from gateway.events import error_json
+from gateway.forward.http_fallback import http_headers
+from gateway.upstream.headers import forwarded_headers
+
+_PASS_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-model", "retry-after", "x-codex-turn-state")
+
+
+def _error(status: int, code: str, message: str, error_type: str) -> Response:
+    return Response(error_json(status, code, message, error_type), status_code=status, media_type="application/json")
+
+
+async def http_responses(ctx: GatewayContext, request: Request) -> Response:
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    identity = ctx.directory.authenticate(headers.get("authorization"))
+    if identity is None:
+        return _error(401, "invalid_api_key", "missing or unknown gateway key (Authorization: Bearer <key>)", "authentication_error")
+    if ctx.draining:
+        return _error(503, "server_shutting_down", "this instance is draining", "server_error")
+    body = await request.body()
+    if len(body) > ctx.cfg.server.max_message_bytes:
+        return _error(413, "request_too_large", f"request body over {ctx.cfg.server.max_message_bytes} bytes", "invalid_request_error")
+    account = ctx.pick_account(identity.group, prefer_ws=False)
+    if account is None:
+        return _error(503, "no_account", "no upstream account for this key's group", "server_error")
+    client = ctx.http.get(account.proxy_url)
+    fwd = tuple(forwarded_headers(headers))
+    upstream_headers = http_headers(account, fwd)
+    upstream_headers = [(k, v) for k, v in upstream_headers if k != "accept"] + [("accept", headers.get("accept", "*/*"))]
+    url = account.base_url.rstrip("/") + "/responses"
+    try:
+        upstream = await client.send(client.build_request("POST", url, content=body, headers=upstream_headers), stream=True)
+    except httpx.HTTPError as exc:
+        return _error(502, "upstream_unavailable", f"HTTP upstream failed: {exc}", "server_error")
+    out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE_HEADERS if k in upstream.headers}
+    out_headers["x-gateway-instance"] = ctx.instance_id
+    ctx.metrics.fallbacks.labels("client_http").inc()
+    return StreamingResponse(
+        upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        headers=out_headers,
+        background=BackgroundTask(upstream.aclose),
+    )

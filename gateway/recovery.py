@@ -1,0 +1,157 @@
+"""Failure classification and the recovery matrix (R-20, R-21). Pure: no I/O, no clock.
+
+Every way a turn can fail before its first event reached the client is reduced to a
+``Failure`` kind; ``next_action`` maps it, with what was already tried, to one action.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pool import DialFailed, PoolExhausted
+
+from gateway.turn import UpstreamErrorInfo
+from gateway.upstream.ws import DialError, HandshakeRejected, UpstreamClosed, UpstreamError
+
+
+class Failure(StrEnum):
+    DIAL = "dial_error"
+    HANDSHAKE_5XX = "handshake_5xx"
+    HANDSHAKE_RATE_LIMIT = "handshake_429"
+    HANDSHAKE_POLICY = "handshake_policy"  # 401/403/426 and other 4xx
+    CLOSED_TRANSIENT = "closed_transient"  # 1006/1011/1012/1013/...
+    CLOSED_POLICY = "closed_policy"  # 1008
+    TOO_BIG = "message_too_big"  # 1009
+    TIMEOUT = "read_timeout"
+    PREVIOUS_NOT_FOUND = "previous_response_not_found"
+    TOOL_OUTPUT_MISSING = "tool_output_missing"
+    CONNECTION_LIMIT = "websocket_connection_limit_reached"
+    ERROR_TRANSIENT = "upstream_server_error"
+    ERROR_FINAL = "upstream_request_error"  # the upstream rejected the request itself
+    POOL_EXHAUSTED = "pool_exhausted"
+
+
+class Action(StrEnum):
+    RETRY = "retry"  # same request, another socket, after backoff
+    ALIGN = "align_previous_response_id"  # retry with previous_response_id = session's last
+    REPLAY = "replay_full_transcript"  # drop previous_response_id, full transcript, fresh socket
+    FALLBACK_HTTP = "fallback_http"  # one policy failure: same request over HTTP, cooldown
+    RELAY_ERROR = "relay_upstream_error"  # give the client the upstream's own error event
+    FAIL = "fail"  # give the client the gateway's error event
+
+
+TRANSIENT = frozenset(
+    {
+        Failure.DIAL,
+        Failure.HANDSHAKE_5XX,
+        Failure.HANDSHAKE_RATE_LIMIT,
+        Failure.CLOSED_TRANSIENT,
+        Failure.TIMEOUT,
+        Failure.CONNECTION_LIMIT,
+        Failure.ERROR_TRANSIENT,
+    }
+)
+
+
+def classify_exception(exc: BaseException) -> Failure:
+    if isinstance(exc, PoolExhausted):
+        return Failure.POOL_EXHAUSTED
+    if isinstance(exc, DialFailed):
+        exc = exc.__cause__ or exc
+    if isinstance(exc, HandshakeRejected):
+        if exc.status >= 500:
+            return Failure.HANDSHAKE_5XX
+        if exc.status == 429:
+            return Failure.HANDSHAKE_RATE_LIMIT
+        return Failure.HANDSHAKE_POLICY
+    if isinstance(exc, UpstreamClosed):
+        if exc.code == 1008:
+            return Failure.CLOSED_POLICY
+        if exc.code == 1009:
+            return Failure.TOO_BIG
+        return Failure.CLOSED_TRANSIENT
+    if isinstance(exc, TimeoutError):
+        return Failure.TIMEOUT
+    if isinstance(exc, DialError | OSError):
+        return Failure.DIAL
+    if isinstance(exc, UpstreamError):
+        return Failure.CLOSED_TRANSIENT
+    return Failure.DIAL
+
+
+def classify_error_event(err: UpstreamErrorInfo) -> Failure:
+    if err.is_previous_not_found:
+        return Failure.PREVIOUS_NOT_FOUND
+    if err.is_tool_output_missing:
+        return Failure.TOOL_OUTPUT_MISSING
+    if err.is_connection_limit:
+        return Failure.CONNECTION_LIMIT
+    status = err.status or 0
+    if status >= 500 or err.code in ("server_error", "internal_error", "server_is_overloaded"):
+        return Failure.ERROR_TRANSIENT
+    return Failure.ERROR_FINAL
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    max_attempts: int
+    initial_s: float
+    max_s: float
+    jitter: float
+    budget_s: float
+
+    def backoff(self, retry_number: int, rng: random.Random) -> float:
+        """Exponential from ``initial_s``, capped at ``max_s``, with ±jitter."""
+        if self.initial_s <= 0:
+            return 0.0
+        base = min(self.max_s, self.initial_s * (2 ** max(0, retry_number - 1)))
+        spread = base * self.jitter
+        return max(0.0, base + rng.uniform(-spread, spread))
+
+
+@dataclass(slots=True)
+class TurnAttempts:
+    """What one turn has tried so far."""
+
+    attempts: int = 0
+    retries: int = 0
+    tried: set[Action] = field(default_factory=set)
+
+
+def next_action(
+    failure: Failure,
+    state: TurnAttempts,
+    policy: RetryPolicy,
+    *,
+    elapsed_s: float,
+    next_backoff_s: float,
+    can_align: bool,
+    has_transcript: bool,
+    recovery_enabled: bool = True,
+) -> Action:
+    """The recovery matrix. Only called while nothing has reached the client."""
+    if failure is Failure.PREVIOUS_NOT_FOUND:
+        if recovery_enabled and can_align and Action.ALIGN not in state.tried:
+            return Action.ALIGN
+        if recovery_enabled and has_transcript and Action.REPLAY not in state.tried:
+            return Action.REPLAY
+        return Action.FAIL  # the client gets previous_response_not_found and replays itself
+    if failure is Failure.TOOL_OUTPUT_MISSING:
+        if recovery_enabled and has_transcript and Action.REPLAY not in state.tried:
+            return Action.REPLAY
+        return Action.FAIL  # never the raw "No tool output found": Codex treats it as fatal
+    if failure in (Failure.HANDSHAKE_POLICY, Failure.CLOSED_POLICY):
+        return Action.FALLBACK_HTTP if Action.FALLBACK_HTTP not in state.tried else Action.FAIL
+    if failure is Failure.ERROR_FINAL or failure is Failure.TOO_BIG:
+        return Action.RELAY_ERROR if failure is Failure.ERROR_FINAL else Action.FAIL
+    if failure is Failure.POOL_EXHAUSTED:
+        return Action.FAIL
+    if failure in TRANSIENT:
+        if state.attempts >= policy.max_attempts:
+            return Action.FAIL
+        if policy.budget_s > 0 and elapsed_s + next_backoff_s > policy.budget_s:
+            return Action.FAIL
+        return Action.RETRY
+    return Action.FAIL

@@ -1,0 +1,211 @@
+"""One client WebSocket: the read loop and the one-turn-in-flight rule (R-01, R-03, R-06).
+
+The loop reads client frames; a ``response.create`` starts a turn task. Frames that
+arrive while a turn is in flight are answered without disturbing it. When the client
+goes away the turn task is NOT cancelled: it keeps draining the upstream to the
+terminal event, records state, and returns the upstream socket healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Protocol
+
+import msgspec
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gateway.auth import ClientIdentity
+from gateway.events import error_event, event_type
+
+log = logging.getLogger("gateway.session")
+
+
+class ClientSink:
+    """Where a turn's events go. After the client left, sends are dropped silently."""
+
+    __slots__ = ("_send", "closed_code", "gone")
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._send = websocket.send
+        self.gone = False
+        self.closed_code: int | None = None
+
+    async def send(self, frame: str | bytes) -> bool:
+        if self.gone:
+            return False
+        try:
+            if isinstance(frame, str):
+                await self._send({"type": "websocket.send", "text": frame})
+            else:
+                await self._send({"type": "websocket.send", "text": frame.decode()})
+        except Exception:
+            # Any failure to write means the client is gone; the turn keeps draining.
+            self.gone = True
+            return False
+        return True
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self.closed_code = code
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+
+
+class Forwarder(Protocol):
+    """A forwarding mode (passthrough or ctx_pool) serving one client socket."""
+
+    async def run_turn(self, frame: str, sink: ClientSink) -> None: ...
+
+    async def on_other_frame(self, frame: str, etype: str, sink: ClientSink) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class SessionRegistry:
+    """Live sessions of this process, for draining on shutdown."""
+
+    def __init__(self) -> None:
+        self.sessions: set[ClientSession] = set()
+        self.turns_in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def turn_started(self) -> None:
+        self.turns_in_flight += 1
+        self._idle.clear()
+
+    def turn_finished(self) -> None:
+        self.turns_in_flight -= 1
+        if self.turns_in_flight <= 0:
+            self.turns_in_flight = 0
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+
+class ClientSession:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        identity: ClientIdentity,
+        headers: Mapping[str, str],
+        forwarder: Forwarder,
+        registry: SessionRegistry,
+        *,
+        idle_timeout_s: float,
+        first_message_timeout_s: float,
+    ) -> None:
+        self.websocket = websocket
+        self.identity = identity
+        self.headers = headers
+        self.forwarder = forwarder
+        self.registry = registry
+        self.sink = ClientSink(websocket)
+        self.idle_timeout_s = idle_timeout_s
+        self.first_message_timeout_s = first_message_timeout_s
+        self.turn_task: asyncio.Task[None] | None = None
+        self.draining = False
+
+    async def run(self) -> None:
+        self.registry.sessions.add(self)
+        try:
+            await self._read_loop()
+        finally:
+            self.sink.gone = True
+            if self.turn_task is not None:
+                # R-03: the client left mid-turn; let the turn drain to its terminal event.
+                with contextlib.suppress(Exception):
+                    await self.turn_task
+            await self.forwarder.aclose()
+            self.registry.sessions.discard(self)
+
+    async def _receive(self, timeout: float) -> str | None:
+        try:
+            async with asyncio.timeout(timeout):
+                message = await self.websocket.receive()
+        except TimeoutError:
+            if self.turn_task is not None and not self.turn_task.done():
+                return ""  # a long turn is not idleness
+            await self.sink.close(1001, "idle timeout")
+            return None
+        except (WebSocketDisconnect, RuntimeError):
+            return None
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            self.sink.closed_code = message.get("code")
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        data = message.get("bytes")
+        if data is not None:
+            try:
+                return bytes(data).decode()
+            except UnicodeDecodeError:
+                await self.sink.send(error_event(400, "invalid_payload", "binary frame is not UTF-8 JSON"))
+                return ""
+        return ""
+
+    async def _read_loop(self) -> None:
+        timeout = self.first_message_timeout_s
+        while True:
+            frame = await self._receive(timeout)
+            timeout = self.idle_timeout_s
+            if frame is None:
+                return
+            if not frame:
+                continue
+            try:
+                etype = event_type(frame)
+            except msgspec.DecodeError as exc:
+                await self.sink.send(error_event(400, "invalid_json", f"malformed JSON: {exc}"))
+                continue
+            except Exception:
+                await self.sink.send(error_event(400, "invalid_json", "message must be a JSON object"))
+                continue
+            busy = self.turn_task is not None and not self.turn_task.done()
+            if etype in ("response.create", ""):
+                if busy:
+                    await self.sink.send(
+                        error_event(
+                            400,
+                            "conversation_already_has_active_response",
+                            "Another response is in progress on this socket; wait for its "
+                            "terminal event before sending response.create.",
+                        )
+                    )
+                    continue
+                if self.draining:
+                    await self.sink.send(
+                        error_event(503, "server_shutting_down", "This gateway instance is draining; reconnect.")
+                    )
+                    await self.sink.close(1012, "server draining")
+                    return
+                self.turn_task = asyncio.create_task(self._turn(frame))
+            else:
+                await self.forwarder.on_other_frame(frame, etype, self.sink)
+
+    async def _turn(self, frame: str) -> None:
+        self.registry.turn_started()
+        try:
+            await self.forwarder.run_turn(frame, self.sink)
+        except Exception:
+            log.exception("turn failed unexpectedly")
+            await self.sink.send(error_event(500, "gateway_error", "internal gateway error; the turn was not completed"))
+        finally:
+            self.registry.turn_finished()
+
+    async def close_for_drain(self, code: int) -> None:
+        self.draining = True
+        await self.sink.close(code, "server draining")
