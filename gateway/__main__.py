@@ -41,7 +41,9 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain(self, gateway: object) -> None:
         server_cfg = gateway.ctx.cfg.server  # type: ignore[attr-defined]
-        log.info("draining", extra={"event": "drain_start", "timeout_s": server_cfg.drain_timeout_s})
+        log.info(
+            "draining", extra={"event": "drain_start", "timeout_s": server_cfg.drain_timeout_s}
+        )
         try:
             await gateway.drain(server_cfg.drain_timeout_s, server_cfg.drain_close_code)  # type: ignore[attr-defined]
         finally:
@@ -85,8 +87,12 @@ def build_uvicorn_config(config_path: str, host: str, port: int, workers: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description="Responses WebSocket gateway")
-    parser.add_argument("--config", default=os.environ.get("GATEWAY_CONFIG", "deploy/gateway.example.toml"))
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway", description="Responses WebSocket gateway"
+    )
+    parser.add_argument(
+        "--config", default=os.environ.get("GATEWAY_CONFIG", "deploy/gateway.example.toml")
+    )
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
     parser.add_argument("--workers", type=int, default=1)

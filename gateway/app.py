@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from pool import DialFailed, PoolError
+from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,14 +23,21 @@ from gateway.logs import setup_logging
 from gateway.session import ClientSession, Forwarder
 from gateway.upstream.headers import session_key
 from gateway.upstream.ws import HandshakeRejected
+from pool import DialFailed, PoolError
 
 log = logging.getLogger("gateway.app")
 
 WS_PATHS = ("/v1/responses", "/backend-api/codex/responses")
 
 
-def _json_error(status: int, code: str, message: str, error_type: str = "invalid_request_error") -> Response:
-    return Response(error_json(status, code, message, error_type), status_code=status, media_type="application/json")
+def _json_error(
+    status: int, code: str, message: str, error_type: str = "invalid_request_error"
+) -> Response:
+    return Response(
+        error_json(status, code, message, error_type),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 def _dial_failure_response(exc: Exception) -> Response:
@@ -39,13 +46,20 @@ def _dial_failure_response(exc: Exception) -> Response:
         status = cause.status if cause.status in (401, 403, 429) else 502
         if cause.status >= 500:
             status = 503
-        return _json_error(status, "upstream_handshake_rejected", f"upstream refused the WebSocket: HTTP {cause.status}", "upstream_error")
-    return _json_error(503, "upstream_unavailable", f"upstream WebSocket unavailable: {cause}", "upstream_error")
+        return _json_error(
+            status,
+            "upstream_handshake_rejected",
+            f"upstream refused the WebSocket: HTTP {cause.status}",
+            "upstream_error",
+        )
+    return _json_error(
+        503, "upstream_unavailable", f"upstream WebSocket unavailable: {cause}", "upstream_error"
+    )
 
 
 class Gateway:
-    def __init__(self, cfg: Config) -> None:
-        self.ctx = GatewayContext(cfg)
+    def __init__(self, cfg: Config, *, span_exporter: SpanExporter | None = None) -> None:
+        self.ctx = GatewayContext(cfg, span_exporter=span_exporter)
 
     async def ws_endpoint(self, websocket: WebSocket) -> None:
         ctx = self.ctx
@@ -55,18 +69,31 @@ class Gateway:
         if identity is None:
             metrics.handshakes.labels("unauthorized").inc()
             await websocket.send_denial_response(
-                _json_error(401, "invalid_api_key", "missing or unknown gateway key (Authorization: Bearer <key>)", "authentication_error")
+                _json_error(
+                    401,
+                    "invalid_api_key",
+                    "missing or unknown gateway key (Authorization: Bearer <key>)",
+                    "authentication_error",
+                )
             )
             return
         if ctx.draining:
             metrics.handshakes.labels("draining").inc()
-            await websocket.send_denial_response(_json_error(503, "server_shutting_down", "this instance is draining", "server_error"))
+            await websocket.send_denial_response(
+                _json_error(
+                    503, "server_shutting_down", "this instance is draining", "server_error"
+                )
+            )
             return
         if not ctx.ws_servable(identity.group):
             # Codex falls back to HTTP at once on 426 instead of retrying (PROTOCOL §6).
             metrics.handshakes.labels("upgrade_required").inc()
             await websocket.send_denial_response(
-                _json_error(426, "websocket_not_available", "WebSocket mode is not available here; use HTTP POST /v1/responses")
+                _json_error(
+                    426,
+                    "websocket_not_available",
+                    "WebSocket mode is not available here; use HTTP POST /v1/responses",
+                )
             )
             return
         forwarder: Forwarder
@@ -75,7 +102,14 @@ class Gateway:
         if ctx.cfg.openai_ws.mode == "passthrough":
             account = ctx.pick_account(identity.group)
             if account is None:
-                await websocket.send_denial_response(_json_error(503, "no_account", "no upstream account for this key's group", "server_error"))
+                await websocket.send_denial_response(
+                    _json_error(
+                        503,
+                        "no_account",
+                        "no upstream account for this key's group",
+                        "server_error",
+                    )
+                )
                 return
             try:
                 pt = await PassthroughForwarder.open(ctx, account, headers)
@@ -117,19 +151,32 @@ class Gateway:
         return await http_responses(self.ctx, request)
 
     async def healthz(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "instance": self.ctx.instance_id}, headers={"x-gateway-instance": self.ctx.instance_id})
+        return JSONResponse(
+            {"status": "ok", "instance": self.ctx.instance_id},
+            headers={"x-gateway-instance": self.ctx.instance_id},
+        )
 
     async def readyz(self, request: Request) -> Response:
         ctx = self.ctx
         if ctx.draining:
-            return JSONResponse({"status": "draining", "instance": ctx.instance_id}, status_code=503, headers={"x-gateway-instance": ctx.instance_id})
+            return JSONResponse(
+                {"status": "draining", "instance": ctx.instance_id},
+                status_code=503,
+                headers={"x-gateway-instance": ctx.instance_id},
+            )
         store_ok = await ctx.store.ping()
-        body = {"status": "ready" if store_ok else "degraded", "instance": ctx.instance_id, "statestore": "ok" if store_ok else "unreachable"}
+        body = {
+            "status": "ready" if store_ok else "degraded",
+            "instance": ctx.instance_id,
+            "statestore": "ok" if store_ok else "unreachable",
+        }
         return JSONResponse(body, headers={"x-gateway-instance": ctx.instance_id})
 
     async def metrics(self, request: Request) -> Response:
         self.ctx.refresh_gauges()
-        return Response(self.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            self.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -140,20 +187,29 @@ class Gateway:
             await self.ctx.aclose()
 
     async def drain(self, timeout: float, close_code: int) -> None:
-        """R-26: refuse new sockets and turns, let turns finish, then close clients."""
+        """R-26: refuse new sockets and turns, let turns finish, then close clients.
+
+        Idle client sockets are closed at once, so clients reconnect (through the load
+        balancer, to another instance) before their next turn; a socket with a turn in
+        flight is closed right after its terminal event.
+        """
         ctx = self.ctx
         ctx.draining = True
         for session in list(ctx.registry.sessions):
-            session.draining = True
+            await session.begin_drain(close_code)
         finished = await ctx.registry.wait_idle(timeout)
         if not finished:
-            log.warning("drain timeout: closing sockets with turns still in flight", extra={"event": "drain_timeout", "turns": ctx.registry.turns_in_flight})
+            log.warning(
+                "drain timeout: closing sockets with turns still in flight",
+                extra={"event": "drain_timeout", "turns": ctx.registry.turns_in_flight},
+            )
         for session in list(ctx.registry.sessions):
             await session.close_for_drain(close_code)
 
 
-def build_app(cfg: Config) -> Starlette:
-    gateway = Gateway(cfg)
+def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Starlette:
+    """The app for a config; tests pass an in-memory span exporter."""
+    gateway = Gateway(cfg, span_exporter=span_exporter)
     routes = []
     for path in WS_PATHS:
         routes.append(WebSocketRoute(path, gateway.ws_endpoint))

@@ -169,7 +169,9 @@ def _validate(cfg: Config, env: dict[str, str]) -> Config:
         raise ConfigError("openai_ws.min_idle_per_account: must be <= max_idle_per_account")
     url = cfg.statestore.url
     if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
-        raise ConfigError("statestore.url: scheme must be memory://, redis://, rediss:// or unix://")
+        raise ConfigError(
+            "statestore.url: scheme must be memory://, redis://, rediss:// or unix://"
+        )
     server = cfg.server
     if not server.instance_id:
         server = msgspec.structs.replace(server, instance_id=socket.gethostname())

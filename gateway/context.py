@@ -8,16 +8,18 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from pool import PoolConfig, PoolManager
-from statestore import StateStore, open_store
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.auth import ClientDirectory
 from gateway.config import Account, Config
 from gateway.resolver import Resolution, resolve
 from gateway.session import SessionRegistry
 from gateway.telemetry import Metrics, StoreMetricsHooks
+from gateway.tracing import Tracing
 from gateway.upstream.dialer import UpstreamDialer
 from gateway.upstream.http import HttpClients
+from pool import PoolConfig, PoolManager
+from statestore import StateStore, open_store
 
 
 def pool_config_for(cfg: Config, account: Account | None = None) -> PoolConfig:
@@ -55,10 +57,11 @@ class TranscriptBudget:
 
 
 class GatewayContext:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, span_exporter: SpanExporter | None = None) -> None:
         self.cfg = cfg
         self.instance_id = cfg.server.instance_id
         self.metrics = Metrics()
+        self.tracing = Tracing(cfg.telemetry, self.instance_id, exporter=span_exporter)
         self.directory = ClientDirectory(cfg.clients)
         self.accounts: dict[str, Account] = {a.id: a for a in cfg.accounts}
         self.groups: dict[str, list[Account]] = defaultdict(list)
@@ -72,6 +75,7 @@ class GatewayContext:
             cfg.openai_ws,
             instance_id=self.instance_id,
             max_message_bytes=cfg.server.max_message_bytes,
+            tracing=self.tracing,
         )
         self.pools = PoolManager(
             self.dialer,
@@ -170,3 +174,4 @@ class GatewayContext:
         await self.pools.aclose()
         await self.http.aclose()
         await self.store.aclose()
+        self.tracing.shutdown()

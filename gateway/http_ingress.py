@@ -12,33 +12,57 @@ from gateway.events import error_json
 from gateway.forward.http_fallback import http_headers
 from gateway.upstream.headers import forwarded_headers
 
-_PASS_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-model", "retry-after", "x-codex-turn-state")
+_PASS_RESPONSE_HEADERS = (
+    "content-type",
+    "x-request-id",
+    "openai-model",
+    "retry-after",
+    "x-codex-turn-state",
+)
 
 
 def _error(status: int, code: str, message: str, error_type: str) -> Response:
-    return Response(error_json(status, code, message, error_type), status_code=status, media_type="application/json")
+    return Response(
+        error_json(status, code, message, error_type),
+        status_code=status,
+        media_type="application/json",
+    )
 
 
 async def http_responses(ctx: GatewayContext, request: Request) -> Response:
     headers = {k.lower(): v for k, v in request.headers.items()}
     identity = ctx.directory.authenticate(headers.get("authorization"))
     if identity is None:
-        return _error(401, "invalid_api_key", "missing or unknown gateway key (Authorization: Bearer <key>)", "authentication_error")
+        return _error(
+            401,
+            "invalid_api_key",
+            "missing or unknown gateway key (Authorization: Bearer <key>)",
+            "authentication_error",
+        )
     if ctx.draining:
         return _error(503, "server_shutting_down", "this instance is draining", "server_error")
     body = await request.body()
     if len(body) > ctx.cfg.server.max_message_bytes:
-        return _error(413, "request_too_large", f"request body over {ctx.cfg.server.max_message_bytes} bytes", "invalid_request_error")
+        return _error(
+            413,
+            "request_too_large",
+            f"request body over {ctx.cfg.server.max_message_bytes} bytes",
+            "invalid_request_error",
+        )
     account = ctx.pick_account(identity.group, prefer_ws=False)
     if account is None:
         return _error(503, "no_account", "no upstream account for this key's group", "server_error")
     client = ctx.http.get(account.proxy_url)
     fwd = tuple(forwarded_headers(headers))
     upstream_headers = http_headers(account, fwd)
-    upstream_headers = [(k, v) for k, v in upstream_headers if k != "accept"] + [("accept", headers.get("accept", "*/*"))]
+    upstream_headers = [(k, v) for k, v in upstream_headers if k != "accept"] + [
+        ("accept", headers.get("accept", "*/*"))
+    ]
     url = account.base_url.rstrip("/") + "/responses"
     try:
-        upstream = await client.send(client.build_request("POST", url, content=body, headers=upstream_headers), stream=True)
+        upstream = await client.send(
+            client.build_request("POST", url, content=body, headers=upstream_headers), stream=True
+        )
     except httpx.HTTPError as exc:
         return _error(502, "upstream_unavailable", f"HTTP upstream failed: {exc}", "server_error")
     out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE_HEADERS if k in upstream.headers}

@@ -10,7 +10,10 @@ from collections.abc import Callable
 
 import msgspec
 
-_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
+_STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {
+    "message",
+    "asctime",
+}
 _encoder = msgspec.json.Encoder()
 
 
@@ -24,7 +27,11 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in record.__dict__.items():
             if key not in _STD_ATTRS and not key.startswith("_"):
-                out[key] = value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+                out[key] = (
+                    value
+                    if isinstance(value, str | int | float | bool | type(None))
+                    else str(value)
+                )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return _encoder.encode(out).decode()
@@ -33,7 +40,11 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    )
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
@@ -41,7 +52,9 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
 class PayloadSampler:
     """Decides per request whether to log its payload; serializes only what is logged."""
 
-    def __init__(self, rate: float, max_bytes: int, rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, rate: float, max_bytes: int, rng: Callable[[], float] = random.random
+    ) -> None:
         self.rate = rate
         self.max_bytes = max_bytes
         self._rng = rng

@@ -10,10 +10,9 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from pool import DialFailed, PoolExhausted
-
 from gateway.turn import UpstreamErrorInfo
 from gateway.upstream.ws import DialError, HandshakeRejected, UpstreamClosed, UpstreamError
+from pool import DialFailed, PoolExhausted
 
 
 class Failure(StrEnum):

@@ -116,6 +116,7 @@ class ClientSession:
         self.first_message_timeout_s = first_message_timeout_s
         self.turn_task: asyncio.Task[None] | None = None
         self.draining = False
+        self.drain_close_code = 1012
 
     async def run(self) -> None:
         self.registry.sessions.add(self)
@@ -153,7 +154,9 @@ class ClientSession:
             try:
                 return bytes(data).decode()
             except UnicodeDecodeError:
-                await self.sink.send(error_event(400, "invalid_payload", "binary frame is not UTF-8 JSON"))
+                await self.sink.send(
+                    error_event(400, "invalid_payload", "binary frame is not UTF-8 JSON")
+                )
                 return ""
         return ""
 
@@ -172,7 +175,9 @@ class ClientSession:
                 await self.sink.send(error_event(400, "invalid_json", f"malformed JSON: {exc}"))
                 continue
             except Exception:
-                await self.sink.send(error_event(400, "invalid_json", "message must be a JSON object"))
+                await self.sink.send(
+                    error_event(400, "invalid_json", "message must be a JSON object")
+                )
                 continue
             busy = self.turn_task is not None and not self.turn_task.done()
             if etype in ("response.create", ""):
@@ -188,7 +193,11 @@ class ClientSession:
                     continue
                 if self.draining:
                     await self.sink.send(
-                        error_event(503, "server_shutting_down", "This gateway instance is draining; reconnect.")
+                        error_event(
+                            503,
+                            "server_shutting_down",
+                            "This gateway instance is draining; reconnect.",
+                        )
                     )
                     await self.sink.close(1012, "server draining")
                     return
@@ -202,7 +211,11 @@ class ClientSession:
             await self.forwarder.run_turn(frame, self.sink)
         except Exception:
             log.exception("turn failed unexpectedly")
-            await self.sink.send(error_event(500, "gateway_error", "internal gateway error; the turn was not completed"))
+            await self.sink.send(
+                error_event(
+                    500, "gateway_error", "internal gateway error; the turn was not completed"
+                )
+            )
         finally:
             self.registry.turn_finished()
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from normalizer import expand_to_full
 from normalizer.snapshot import Item, RequestSnapshot, item_from_raw
 
 from gateway.context import TranscriptBudget
+from normalizer import expand_to_full
 
 
 class Transcript:
@@ -27,7 +27,11 @@ class Transcript:
         self.overflowed = False
 
     def covers(self, previous_response_id: str | None) -> bool:
-        return self.items is not None and previous_response_id is not None and previous_response_id == self.response_id
+        return (
+            self.items is not None
+            and previous_response_id is not None
+            and previous_response_id == self.response_id
+        )
 
     def full_items(self, request: RequestSnapshot) -> tuple[Item, ...] | None:
         """The full input this request stands for, or None when it cannot be known."""
@@ -49,7 +53,9 @@ class Transcript:
         assert self.items is not None
         return expand_to_full(request, self.items)
 
-    def record(self, sent: RequestSnapshot, output: Sequence[msgspec.Raw], response_id: str) -> None:
+    def record(
+        self, sent: RequestSnapshot, output: Sequence[msgspec.Raw], response_id: str
+    ) -> None:
         """After a terminal event: transcript = full input of what was sent + its output."""
         full = self.full_items(sent)
         self._release()

@@ -11,7 +11,6 @@ import time
 
 import httpx
 import msgspec
-from normalizer import to_http_body
 from normalizer.snapshot import RequestSnapshot
 
 from gateway.config import Account
@@ -20,12 +19,15 @@ from gateway.events import error_event
 from gateway.session import ClientSink
 from gateway.turn import TurnTracker
 from gateway.upstream.http import HttpUpstreamError, iter_sse_data, open_stream
+from normalizer import to_http_body
 
 _HOP_HEADERS = {"openai-beta"}
 
 
 class HttpTurnFailed(Exception):
-    def __init__(self, status: int, code: str, message: str, error_type: str = "server_error") -> None:
+    def __init__(
+        self, status: int, code: str, message: str, error_type: str = "server_error"
+    ) -> None:
         self.status = status
         self.code = code
         self.message = message
@@ -76,7 +78,11 @@ async def run_http_turn(
             parsed = msgspec.json.decode(exc.body, type=_UpstreamErrorBody).error
         except msgspec.MsgspecError:
             parsed = None
-        message = parsed.message if parsed and parsed.message else exc.body[:300].decode("utf-8", "replace")
+        message = (
+            parsed.message
+            if parsed and parsed.message
+            else exc.body[:300].decode("utf-8", "replace")
+        )
         raise HttpTurnFailed(
             exc.status,
             (parsed.code if parsed and parsed.code else None) or f"upstream_http_{exc.status}",
@@ -86,7 +92,14 @@ async def run_http_turn(
     except httpx.HTTPError as exc:
         raise HttpTurnFailed(502, "upstream_unavailable", f"HTTP upstream failed: {exc}") from None
     if not tracker.done and tracker.events:
-        await sink.send(error_event(502, "upstream_stream_interrupted", "HTTP upstream stream ended early", error_type="server_error"))
+        await sink.send(
+            error_event(
+                502,
+                "upstream_stream_interrupted",
+                "HTTP upstream stream ended early",
+                error_type="server_error",
+            )
+        )
     elif not tracker.done:
         raise HttpTurnFailed(502, "upstream_empty_stream", "HTTP upstream returned no events")
     return tracker
@@ -103,11 +116,23 @@ async def synthesize_warmup(request: RequestSnapshot, sink: ClientSink) -> TurnT
         "model": request.model or "",
         "output": [],
     }
-    created = {"type": "response.created", "sequence_number": 0, "response": {**base, "status": "in_progress"}}
-    usage = {"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 0,
-             "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 0}
-    completed = {"type": "response.completed", "sequence_number": 1,
-                 "response": {**base, "status": "completed", "usage": usage}}
+    created = {
+        "type": "response.created",
+        "sequence_number": 0,
+        "response": {**base, "status": "in_progress"},
+    }
+    usage = {
+        "input_tokens": 0,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 0,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 0,
+    }
+    completed = {
+        "type": "response.completed",
+        "sequence_number": 1,
+        "response": {**base, "status": "completed", "usage": usage},
+    }
     tracker = TurnTracker()
     for event in (created, completed):
         frame = msgspec.json.encode(event).decode()

@@ -11,8 +11,6 @@ import logging
 import time
 from collections.abc import Mapping
 
-from pool import Lease
-
 from gateway.config import Account
 from gateway.context import GatewayContext
 from gateway.events import error_event
@@ -21,6 +19,7 @@ from gateway.turn import TurnTracker
 from gateway.upstream.dialer import turn_headers
 from gateway.upstream.headers import forwarded_headers
 from gateway.upstream.ws import UpstreamClosed, UpstreamError, UpstreamWS
+from pool import Lease
 
 log = logging.getLogger("gateway.passthrough")
 MODE = "passthrough"
@@ -59,6 +58,7 @@ class PassthroughForwarder:
         if self.broken or self.conn.closed:
             await self._upstream_lost(sink, self.conn.close_info)
             return
+        await self.conn.stop_watch()
         try:
             await self.conn.send_text(frame, timeout=ws_cfg.write_timeout_s)
             read_timeout = ws_cfg.read_timeout_s
@@ -91,7 +91,9 @@ class PassthroughForwarder:
         if sink.gone:
             metrics.drained.inc()
 
-    async def _upstream_lost(self, sink: ClientSink, closed: UpstreamClosed | None, why: str = "") -> None:
+    async def _upstream_lost(
+        self, sink: ClientSink, closed: UpstreamClosed | None, why: str = ""
+    ) -> None:
         """Passthrough is transparent: the client sees the upstream's close."""
         self.broken = True
         code = closed.code if closed is not None else 1011
@@ -114,4 +116,7 @@ class PassthroughForwarder:
             return
         self._closed = True
         self.ctx.active[self.account.id] -= 1
-        self.lease.release(broken=self.broken or self.conn.closed)
+        broken = self.broken or self.conn.closed
+        if not broken:
+            self.conn.watch_idle()
+        self.lease.release(broken=broken)

@@ -11,6 +11,7 @@ from contextvars import ContextVar
 
 from gateway.config import Account, OpenAIWSConfig, ws_url_for
 from gateway.resolver import BETA_V1, BETA_V2
+from gateway.tracing import Tracing, mark_error
 from gateway.upstream.headers import account_headers
 from gateway.upstream.ws import UpstreamWS, connect
 
@@ -25,7 +26,9 @@ class UpstreamDialer:
         *,
         instance_id: str,
         max_message_bytes: int,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._accounts = accounts
         self._ws = ws_config
         self._instance = instance_id
@@ -42,6 +45,19 @@ class UpstreamDialer:
         headers.extend((k, v) for k, v in turn_headers.get() if k not in seen)
         conn_id = f"{self._instance}:{account_id}:{next(self._seq)}"
         self.dials += 1
+        tracing = self._tracing
+        if tracing is None or not tracing.enabled:
+            return await self._connect(account, headers, conn_id)
+        with tracing.child("upstream.dial", **{"gateway.account": account_id}) as span:
+            try:
+                return await self._connect(account, headers, conn_id)
+            except Exception as exc:
+                mark_error(span, str(exc))
+                raise
+
+    async def _connect(
+        self, account: Account, headers: list[tuple[str, str]], conn_id: str
+    ) -> UpstreamWS:
         try:
             return await connect(
                 ws_url_for(account.base_url),

@@ -32,7 +32,9 @@ def account_headers(account: Account, beta: str) -> list[tuple[str, str]]:
 
 
 def forwarded_headers(client_headers: Mapping[str, str]) -> list[tuple[str, str]]:
-    return [(name, client_headers[name]) for name in FORWARDED_CLIENT_HEADERS if name in client_headers]
+    return [
+        (name, client_headers[name]) for name in FORWARDED_CLIENT_HEADERS if name in client_headers
+    ]
 
 
 def session_key(client_headers: Mapping[str, str]) -> str | None:

@@ -23,9 +23,13 @@ class HttpUpstreamError(Exception):
 class HttpClients:
     """httpx.AsyncClient per proxy URL, created on first use and shared by all accounts."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float, max_connections: int = 512) -> None:
+    def __init__(
+        self, *, connect_timeout: float, read_timeout: float, max_connections: int = 512
+    ) -> None:
         self._clients: dict[str, httpx.AsyncClient] = {}
-        self._timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=60.0, pool=connect_timeout)
+        self._timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=60.0, pool=connect_timeout
+        )
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=128)
 
     def get(self, proxy_url: str = "") -> httpx.AsyncClient:

@@ -66,7 +66,9 @@ class UpstreamClosed(UpstreamError):
     def __init__(self, code: int, reason: str = "") -> None:
         self.code = code
         self.reason = reason
-        super().__init__(f"upstream closed the socket (code {code}{', ' + reason if reason else ''})")
+        super().__init__(
+            f"upstream closed the socket (code {code}{', ' + reason if reason else ''})"
+        )
 
 
 class UpstreamProtocolError(UpstreamError):
@@ -113,6 +115,7 @@ class _State:
     partial_size: int = 0
     close: UpstreamClosed | None = None
     reading: bool = False
+    watcher: asyncio.Task[None] | None = None
 
 
 class UpstreamWS:
@@ -257,6 +260,50 @@ class UpstreamWS:
             st.reading = False
         return st.pending.popleft()
 
+    # -- idle watching -----------------------------------------------------------------
+    def watch_idle(self) -> None:
+        """While the socket sits idle in the pool, keep reading it: a close frame or a
+        TCP drop is noticed at once (so ``closed`` is true before the next lease), and
+        pings are answered. Anything else arriving unasked retires the socket."""
+        st = self._st
+        if st.watcher is None and st.close is None and not st.reading:
+            st.watcher = asyncio.get_running_loop().create_task(self._watch_loop())
+
+    async def stop_watch(self) -> None:
+        """Hand the socket's reading back to a lessee (awaits the watcher's exit)."""
+        task = self._st.watcher
+        if task is None:
+            return
+        self._st.watcher = None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    async def _watch_loop(self) -> None:
+        st = self._st
+        st.reading = True
+        try:
+            while st.close is None:
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    self._mark_closed(CLOSE_ABNORMAL, "connection lost while idle")
+                    break
+                self._feed(data)
+                if st.pending:
+                    # An idle socket must not receive events; its state is unknown now.
+                    st.pending.clear()
+                    self._mark_closed(1002, "unexpected message while idle")
+                    with contextlib.suppress(Exception):
+                        self._writer.close()
+        except (ConnectionError, OSError, UpstreamError):
+            self._mark_closed(CLOSE_ABNORMAL, "connection lost while idle")
+        finally:
+            st.reading = False
+
+    def push_back(self, message: str | bytes) -> None:
+        """Return a message to the front of the queue (the next recv gets it first)."""
+        self._st.pending.appendleft(message)
+
     async def ping(self, timeout: float) -> None:
         """Ping and wait for the pong. While idle nobody else reads, so read here."""
         if self._st.close is not None:
@@ -278,6 +325,7 @@ class UpstreamWS:
             await fut
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
+        await self.stop_watch()
         if self._st.close is None:
             with contextlib.suppress(Exception):
                 self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
@@ -289,6 +337,9 @@ class UpstreamWS:
                 await self._writer.wait_closed()
 
     def abort(self) -> None:
+        if self._st.watcher is not None:
+            self._st.watcher.cancel()
+            self._st.watcher = None
         self._mark_closed(CLOSE_ABNORMAL, "aborted by gateway")
         with contextlib.suppress(Exception):
             self._writer.transport.abort()

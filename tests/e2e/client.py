@@ -14,7 +14,9 @@ def user_message(text: str) -> dict[str, Any]:
     return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
 
 
-def create(text: str | None = None, *, items: list[dict[str, Any]] | None = None, **fields: Any) -> str:
+def create(
+    text: str | None = None, *, items: list[dict[str, Any]] | None = None, **fields: Any
+) -> str:
     body: dict[str, Any] = {"type": "response.create", "model": "gpt-test", "store": False}
     body["input"] = items if items is not None else [user_message(text or "hi")]
     body.update(fields)
@@ -22,7 +24,9 @@ def create(text: str | None = None, *, items: list[dict[str, Any]] | None = None
 
 
 async def open_ws(url: str, headers: dict[str, str], **kw: Any) -> ClientConnection:
-    return await connect(url, additional_headers=headers, max_size=None, open_timeout=10, ping_interval=None, **kw)
+    return await connect(
+        url, additional_headers=headers, max_size=None, open_timeout=10, ping_interval=None, **kw
+    )
 
 
 async def read_turn(ws: ClientConnection, timeout: float = 30.0) -> list[dict[str, Any]]:
@@ -53,7 +57,9 @@ def response_id(events: list[dict[str, Any]]) -> str:
 
 
 def output_text(events: list[dict[str, Any]]) -> str:
-    return "".join(e.get("delta", "") for e in events if e.get("type") == "response.output_text.delta")
+    return "".join(
+        e.get("delta", "") for e in events if e.get("type") == "response.output_text.delta"
+    )
 
 
 def function_calls(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -34,21 +34,34 @@ class SimProcess:
 @contextmanager
 def run_sim(*extra: str) -> Iterator[SimProcess]:
     port = free_port()
-    proc = ManagedProcess(python_module("tests.sim", "--host", "127.0.0.1", "--port", str(port), *extra)).start(wait_port=port)
+    proc = ManagedProcess(
+        python_module("tests.sim", "--host", "127.0.0.1", "--port", str(port), *extra)
+    ).start(wait_port=port)
     try:
         yield SimProcess(proc, port, SimControl(f"http://127.0.0.1:{port}"))
     finally:
         proc.stop()
 
 
-def gateway_config(sim_base_url: str, *, accounts: int = 1, overrides: dict[str, dict[str, object]] | None = None,
-                   statestore_url: str = "memory://", instance_id: str = "gw-test") -> dict[str, object]:
+def gateway_config(
+    sim_base_url: str,
+    *,
+    accounts: int = 1,
+    overrides: dict[str, dict[str, object]] | None = None,
+    statestore_url: str = "memory://",
+    instance_id: str = "gw-test",
+) -> dict[str, object]:
     doc: dict[str, object] = {
         "server": {"instance_id": instance_id, "first_message_timeout_s": 60.0},
         "clients": [{"key": CLIENT_KEY, "group": "default"}],
         "accounts": [
-            {"id": f"acct-{chr(ord('a') + i)}", "group": "default", "auth": "apikey",
-             "api_key": SIM_KEYS[i], "base_url": sim_base_url}
+            {
+                "id": f"acct-{chr(ord('a') + i)}",
+                "group": "default",
+                "auth": "apikey",
+                "api_key": SIM_KEYS[i],
+                "base_url": sim_base_url,
+            }
             for i in range(accounts)
         ],
         "openai_ws": {"retry_backoff_initial_ms": 20, "retry_backoff_max_ms": 200},
@@ -87,7 +100,17 @@ def run_gateway(config: dict[str, object], *, workers: int = 1) -> Iterator[Gate
     fd, path = tempfile.mkstemp(prefix="gw-config-", suffix=".toml")
     with os.fdopen(fd, "w") as fh:
         fh.write(toml_dumps(config))
-    args = python_module("gateway", "--config", path, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
+    args = python_module(
+        "gateway",
+        "--config",
+        path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    )
     proc = ManagedProcess(args).start(wait_port=port)
     try:
         yield GatewayProcess(proc, port, path)

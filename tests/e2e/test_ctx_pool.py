@@ -19,7 +19,14 @@ from tests.e2e.client import (
     turn,
     user_message,
 )
-from tests.e2e.harness import GatewayProcess, SimProcess, auth_headers, gateway_config, run_gateway, run_sim
+from tests.e2e.harness import (
+    GatewayProcess,
+    SimProcess,
+    auth_headers,
+    gateway_config,
+    run_gateway,
+    run_sim,
+)
 from tests.support import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.e2e
@@ -53,13 +60,17 @@ def _sent(req: dict[str, Any]) -> dict[str, Any]:
     return parsed
 
 
-async def test_missing_tool_output_gets_aborted_injected(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_missing_tool_output_gets_aborted_injected(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         first = await turn(ws, create(f"run it {CALL}"))
         call_id = function_calls(first)[0]["call_id"]
         # The client moves on without answering the call (an interrupted turn).
-        second = await turn(ws, create(previous_response_id=response_id(first), items=[user_message("never mind")]))
+        second = await turn(
+            ws, create(previous_response_id=response_id(first), items=[user_message("never mind")])
+        )
     finally:
         await ws.close()
     assert terminal(second)["type"] == "response.completed"
@@ -69,12 +80,17 @@ async def test_missing_tool_output_gets_aborted_injected(sim: SimProcess, gatewa
     assert sent["previous_response_id"] == response_id(first)
 
 
-async def test_orphan_output_is_removed_before_upstream(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_orphan_output_is_removed_before_upstream(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         first = await turn(ws, create("plain answer"))
         orphan = {"type": "function_call_output", "call_id": "call_bogus", "output": "stale"}
-        second = await turn(ws, create(previous_response_id=response_id(first), items=[orphan, user_message("next")]))
+        second = await turn(
+            ws,
+            create(previous_response_id=response_id(first), items=[orphan, user_message("next")]),
+        )
     finally:
         await ws.close()
     assert terminal(second)["type"] == "response.completed"
@@ -83,7 +99,9 @@ async def test_orphan_output_is_removed_before_upstream(sim: SimProcess, gateway
     assert "next" in raw
 
 
-async def test_incremental_output_without_previous_id_gets_it_inferred(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_incremental_output_without_previous_id_gets_it_inferred(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         first = await turn(ws, create(f"run it {CALL}"))
@@ -98,12 +116,17 @@ async def test_incremental_output_without_previous_id_gets_it_inferred(sim: SimP
     assert "tool said: ok" in output_text(second)
 
 
-async def test_previous_response_not_found_once_is_recovered(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_previous_response_not_found_once_is_recovered(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         first = await turn(ws, create("remember the number 7"))
         sim.control.add_fault(kind="previous_response_not_found", times=1)
-        second = await turn(ws, create(previous_response_id=response_id(first), items=[user_message("which number?")]))
+        second = await turn(
+            ws,
+            create(previous_response_id=response_id(first), items=[user_message("which number?")]),
+        )
     finally:
         await ws.close()
     assert [e["type"] for e in second if e["type"] == "error"] == []
@@ -114,7 +137,9 @@ async def test_previous_response_not_found_once_is_recovered(sim: SimProcess, ga
     assert "remember the number 7" in text and "which number?" in text
 
 
-async def test_tool_output_missing_once_is_replayed_without_previous_id(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_tool_output_missing_once_is_replayed_without_previous_id(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         first = await turn(ws, create(f"run it {CALL}"))
@@ -132,7 +157,9 @@ async def test_tool_output_missing_once_is_replayed_without_previous_id(sim: Sim
     assert "function_call" in kinds and "function_call_output" in kinds
 
 
-async def test_policy_close_falls_back_to_http_after_one_attempt(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_policy_close_falls_back_to_http_after_one_attempt(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     sim.control.add_fault(kind="close_after_events", after_events=0, code=1008, times=1)
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
@@ -160,12 +187,17 @@ async def test_handshake_5xx_twice_then_completes(sim: SimProcess, gateway: Gate
 
 @pytest.fixture
 def failing_gateway(sim: SimProcess) -> Iterator[GatewayProcess]:
-    cfg = gateway_config(sim.base_url, overrides={"openai_ws": {"retry_total_budget_ms": 1500, "retry_max_attempts": 4}})
+    cfg = gateway_config(
+        sim.base_url,
+        overrides={"openai_ws": {"retry_total_budget_ms": 1500, "retry_max_attempts": 4}},
+    )
     with run_gateway(cfg) as gw:
         yield gw
 
 
-async def test_fault_on_every_dial_gives_clean_error_within_budget(sim: SimProcess, failing_gateway: GatewayProcess) -> None:
+async def test_fault_on_every_dial_gives_clean_error_within_budget(
+    sim: SimProcess, failing_gateway: GatewayProcess
+) -> None:
     sim.control.add_fault(kind="handshake_status", status=503, times=1000)
     ws = await open_ws(failing_gateway.ws_url, auth_headers())
     try:
@@ -183,7 +215,9 @@ async def test_fault_on_every_dial_gives_clean_error_within_budget(sim: SimProce
         await ws.close()
 
 
-async def test_pool_reuse_twenty_sockets_at_most_five_upstream(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_pool_reuse_twenty_sockets_at_most_five_upstream(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     sem = asyncio.Semaphore(4)
 
     async def one(i: int) -> str:
@@ -201,13 +235,21 @@ async def test_pool_reuse_twenty_sockets_at_most_five_upstream(sim: SimProcess, 
     assert len(log["connections"]) <= 5
 
 
-async def test_dropped_idle_socket_store_false_replays_full_transcript(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_dropped_idle_socket_store_false_replays_full_transcript(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         first = await turn(ws, create("context: the code word is PAPAYA"))
         dropped = sim.control.drop_connections(idle_only=True)
         assert dropped >= 1
-        second = await turn(ws, create(previous_response_id=response_id(first), items=[user_message("what was the code word?")]))
+        second = await turn(
+            ws,
+            create(
+                previous_response_id=response_id(first),
+                items=[user_message("what was the code word?")],
+            ),
+        )
     finally:
         await ws.close()
     assert all(e["type"] != "error" for e in second)
@@ -220,7 +262,9 @@ async def test_dropped_idle_socket_store_false_replays_full_transcript(sim: SimP
     assert any(i.get("type") == "message" and i.get("role") == "assistant" for i in replay["input"])
 
 
-async def test_client_disconnect_mid_turn_is_drained_and_next_socket_continues(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_client_disconnect_mid_turn_is_drained_and_next_socket_continues(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     session = {"session-id": unique_prefix("sess")}
     ws = await open_ws(gateway.ws_url, auth_headers(**session))
     await ws.send(create("long one [[sim deltas=100 delay_ms=2]]"))
@@ -228,11 +272,15 @@ async def test_client_disconnect_mid_turn_is_drained_and_next_socket_continues(s
     assert created["type"] == "response.created"
     first_id = created["response"]["id"]
     ws.transport.abort()
-    sim.control.wait_for(lambda log: any(r["outcome"] == "completed" for r in log["requests"]), timeout=20)
+    sim.control.wait_for(
+        lambda log: any(r["outcome"] == "completed" for r in log["requests"]), timeout=20
+    )
 
     ws2 = await open_ws(gateway.ws_url, auth_headers(**session))
     try:
-        second = await turn(ws2, create(previous_response_id=first_id, items=[user_message("continue")]))
+        second = await turn(
+            ws2, create(previous_response_id=first_id, items=[user_message("continue")])
+        )
     finally:
         await ws2.close()
     assert terminal(second)["type"] == "response.completed"
@@ -244,9 +292,17 @@ async def test_client_disconnect_mid_turn_is_drained_and_next_socket_continues(s
 async def test_warmup_then_chained_request(sim: SimProcess, gateway: GatewayProcess) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
-        warm = await turn(ws, create(items=[{"type": "message", "role": "developer", "content": "be brief"}], generate=False))
+        warm = await turn(
+            ws,
+            create(
+                items=[{"type": "message", "role": "developer", "content": "be brief"}],
+                generate=False,
+            ),
+        )
         assert terminal(warm)["type"] == "response.completed"
-        chained = await turn(ws, create(previous_response_id=response_id(warm), items=[user_message("hello")]))
+        chained = await turn(
+            ws, create(previous_response_id=response_id(warm), items=[user_message("hello")])
+        )
     finally:
         await ws.close()
     assert terminal(chained)["type"] == "response.completed"
@@ -264,11 +320,18 @@ def redis() -> Iterator[RedisServer]:
         server.stop()
 
 
-async def test_second_instance_continues_with_same_account_and_pending_call(sim: SimProcess, redis: RedisServer) -> None:
+async def test_second_instance_continues_with_same_account_and_pending_call(
+    sim: SimProcess, redis: RedisServer
+) -> None:
     prefix = unique_prefix("x")
     configs = [
-        gateway_config(sim.base_url, accounts=2, statestore_url=redis.url, instance_id=f"gw-{i}",
-                       overrides={"statestore": {"url": redis.url, "key_prefix": prefix}})
+        gateway_config(
+            sim.base_url,
+            accounts=2,
+            statestore_url=redis.url,
+            instance_id=f"gw-{i}",
+            overrides={"statestore": {"url": redis.url, "key_prefix": prefix}},
+        )
         for i in (1, 2)
     ]
     # Instance 2 lists the accounts the other way round: without the Redis binding its
@@ -285,7 +348,14 @@ async def test_second_instance_continues_with_same_account_and_pending_call(sim:
         call_id = function_calls(first)[0]["call_id"]
         ws2 = await open_ws(gw2.ws_url, auth_headers())
         try:
-            second = await turn(ws2, create(previous_response_id=response_id(first), items=[user_message("skip it")], store=True))
+            second = await turn(
+                ws2,
+                create(
+                    previous_response_id=response_id(first),
+                    items=[user_message("skip it")],
+                    store=True,
+                ),
+            )
         finally:
             await ws2.close()
     assert terminal(second)["type"] == "response.completed"
@@ -293,4 +363,6 @@ async def test_second_instance_continues_with_same_account_and_pending_call(sim:
     reqs = [r for r in log["requests"] if r["transport"] == "ws"]
     assert reqs[0]["account_key"] == reqs[-1]["account_key"]
     sent = _sent(reqs[-1])
-    assert {"type": "function_call_output", "call_id": call_id, "output": "aborted"} in sent["input"]
+    assert {"type": "function_call_output", "call_id": call_id, "output": "aborted"} in sent[
+        "input"
+    ]

@@ -13,7 +13,14 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.client import create, open_ws, output_text, read_turn, terminal, turn
-from tests.e2e.harness import GatewayProcess, SimProcess, auth_headers, gateway_config, run_gateway, run_sim
+from tests.e2e.harness import (
+    GatewayProcess,
+    SimProcess,
+    auth_headers,
+    gateway_config,
+    run_gateway,
+    run_sim,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +37,10 @@ def sim() -> Iterator[SimProcess]:
 def gateway(sim: SimProcess) -> Iterator[GatewayProcess]:
     cfg = gateway_config(
         sim.base_url,
-        overrides={"openai_ws": {"mode": "passthrough"}, "server": {"max_message_bytes": SMALL_LIMIT}},
+        overrides={
+            "openai_ws": {"mode": "passthrough"},
+            "server": {"max_message_bytes": SMALL_LIMIT},
+        },
     )
     with run_gateway(cfg) as gw:
         yield gw
@@ -65,7 +75,9 @@ async def _raw_turn(url: str, headers: dict[str, str], payload: str) -> list[str
 
 async def test_text_turn_is_relayed_byte_for_byte(sim: SimProcess, gateway: GatewayProcess) -> None:
     payload = create("say hello [[sim deltas=5]]")
-    direct = await _raw_turn(f"ws://127.0.0.1:{sim.port}/v1/responses", {"Authorization": "Bearer sk-sim-a"}, payload)
+    direct = await _raw_turn(
+        f"ws://127.0.0.1:{sim.port}/v1/responses", {"Authorization": "Bearer sk-sim-a"}, payload
+    )
     relayed = await _raw_turn(gateway.ws_url, auth_headers(), payload)
     assert len(relayed) == len(direct) >= 8
     # Identical bytes up to the ids and timestamps the upstream generates per response.
@@ -82,7 +94,9 @@ async def test_upgrade_response_echoes_turn_state(gateway: GatewayProcess) -> No
         await ws.close()
 
 
-async def test_client_disconnect_mid_turn_drains_and_socket_is_reused(sim: SimProcess, gateway: GatewayProcess) -> None:
+async def test_client_disconnect_mid_turn_drains_and_socket_is_reused(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     await ws.send(create("long answer [[sim deltas=200 delay_ms=2]]"))
     deltas = 0
@@ -94,7 +108,9 @@ async def test_client_disconnect_mid_turn_drains_and_socket_is_reused(sim: SimPr
 
     def drained(log: dict) -> bool:
         reqs = log["requests"]
-        return len(reqs) == 1 and reqs[0]["outcome"] == "completed" and reqs[0]["completed_delivered"]
+        return (
+            len(reqs) == 1 and reqs[0]["outcome"] == "completed" and reqs[0]["completed_delivered"]
+        )
 
     log = sim.control.wait_for(drained, timeout=20)
     first = log["requests"][0]
@@ -127,7 +143,9 @@ async def test_missing_key_is_refused_with_401(gateway: GatewayProcess) -> None:
     assert info.value.response.status_code == 401
 
 
-async def test_oversized_frame_closes_1009_and_other_sockets_are_unaffected(gateway: GatewayProcess) -> None:
+async def test_oversized_frame_closes_1009_and_other_sockets_are_unaffected(
+    gateway: GatewayProcess,
+) -> None:
     bystander = await open_ws(gateway.ws_url, auth_headers())
     offender = await open_ws(gateway.ws_url, auth_headers())
     try:
@@ -145,7 +163,9 @@ async def test_oversized_frame_closes_1009_and_other_sockets_are_unaffected(gate
         await bystander.close()
 
 
-async def test_malformed_json_gets_error_event_and_socket_stays_usable(gateway: GatewayProcess) -> None:
+async def test_malformed_json_gets_error_event_and_socket_stays_usable(
+    gateway: GatewayProcess,
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         await ws.send("{not json")
@@ -158,7 +178,9 @@ async def test_malformed_json_gets_error_event_and_socket_stays_usable(gateway: 
         await ws.close()
 
 
-async def test_second_create_while_in_flight_gets_error_and_first_turn_completes(gateway: GatewayProcess) -> None:
+async def test_second_create_while_in_flight_gets_error_and_first_turn_completes(
+    gateway: GatewayProcess,
+) -> None:
     ws = await open_ws(gateway.ws_url, auth_headers())
     try:
         await ws.send(create("first [[sim deltas=20 delay_ms=5]]"))
@@ -185,7 +207,9 @@ async def test_fifty_concurrent_clients_are_isolated(gateway: GatewayProcess) ->
     async def one(i: int) -> tuple[int, str, str]:
         ws = await open_ws(gateway.ws_url, auth_headers())
         try:
-            events = await turn(ws, create(f"client-{i:02d} [[sim deltas=4 delay_ms=2]]"), timeout=60)
+            events = await turn(
+                ws, create(f"client-{i:02d} [[sim deltas=4 delay_ms=2]]"), timeout=60
+            )
             return i, terminal(events)["type"], output_text(events)
         finally:
             await ws.close()
@@ -217,7 +241,9 @@ async def test_mode_off_answers_426_and_http_still_serves(off_gateway: GatewayPr
     assert info.value.response.status_code == 426
     body = {"model": "gpt-test", "input": "hello over http", "stream": True, "store": False}
     async with httpx.AsyncClient(base_url=off_gateway.http_url, timeout=20) as client:
-        async with client.stream("POST", "/v1/responses", json=body, headers=auth_headers()) as response:
+        async with client.stream(
+            "POST", "/v1/responses", json=body, headers=auth_headers()
+        ) as response:
             assert response.status_code == 200
             text = "".join([chunk async for chunk in response.aiter_text()])
     assert "response.completed" in text

@@ -33,7 +33,9 @@ def unique_prefix(label: str = "t") -> str:
     return f"{label}-{uuid.uuid4().hex[:12]}"
 
 
-def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Poll until something accepts on host:port; fail fast if proc exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -48,9 +50,13 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.
 
 
 def _redis_server_binary() -> str:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
     if found is None:
-        raise RuntimeError("redis-server is not installed; run `make test` (it installs it) or apt-get install redis-server")
+        raise RuntimeError(
+            "redis-server is not installed; run `make test` (it installs it) or apt-get install redis-server"
+        )
     return found
 
 
@@ -72,13 +78,20 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 _redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", self.workdir,
-                "--protected-mode", "no",
-                "--loglevel", "warning",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.workdir,
+                "--protected-mode",
+                "no",
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -123,7 +136,12 @@ class ManagedProcess:
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
-            list(self.args), cwd=self.cwd, env=env, stdout=fd, stderr=subprocess.STDOUT, start_new_session=True
+            list(self.args),
+            cwd=self.cwd,
+            env=env,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         os.close(fd)
         if wait_port is not None:

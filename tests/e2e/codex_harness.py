@@ -1,0 +1,239 @@
+"""Drive the real Codex CLI against the simulator, directly or through the gateway.
+
+Codex must reach nothing but loopback, so every scenario runs inside its own user +
+network (+ pid) namespace: the test calls :func:`run_scenario`, which spawns
+``unshare -rn --pid --fork --kill-child python -m tests.e2e.codex_harness`` with the
+scenario JSON on stdin. Inside, :func:`_run_inside` brings ``lo`` up, starts the
+simulator (and the gateway unless ``mode == "direct"``) on free ports, runs each Codex
+step with a generated ``CODEX_HOME``, and prints one JSON result on stdout: every
+step's exit code, stdout and stderr, the simulator's log, and the gateway's output.
+The pid namespace makes the kernel kill everything left inside when the runner exits.
+
+Scenario keys (all optional except ``steps``)::
+
+    mode: "gateway" | "direct"          direct = Codex talks to the simulator itself
+    gateway_overrides: {section: {k: v}} merged into tests.e2e.harness.gateway_config
+    faults: [rule, ...]                 SimControl.add_fault(**rule) before the first step
+    provider: {k: v}                    extra [model_providers.gw] keys for Codex
+    steps: [{"kind": "exec" | "resume", "prompt": str, "faults": [rule, ...]}]
+    step_timeout_s: float               per Codex run (default 90)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.support import REPO_ROOT, toml_dumps
+
+CODEX_VERSION = "0.169.0"
+INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-codex.sh"
+CODEX_BINARY = (
+    REPO_ROOT
+    / ".cache/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
+)
+SIM_DIRECT_KEY = "sk-sim-a"  # the simulator's own key, used when Codex talks to it directly
+UNSHARE = ["unshare", "-rn", "--pid", "--fork", "--kill-child"]
+
+
+# ---------------------------------------------------------------- outside the namespace
+
+
+def namespace_problem() -> str | None:
+    """Why a loopback-only namespace cannot be created here, or None when it can."""
+    if shutil.which("unshare") is None:
+        return "unshare(1) is not installed"
+    if shutil.which("ip") is None:
+        return "ip(8) (iproute2) is not installed"
+    probe = subprocess.run(
+        [*UNSHARE, "sh", "-c", "ip link set lo up && ip -o link show lo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0 or "UP" not in probe.stdout:
+        return f"unshare -rn --pid is not permitted here (rc={probe.returncode}): {probe.stderr.strip()}"
+    return None
+
+
+def run_scenario(scenario: dict[str, Any], timeout_s: float = 240.0) -> dict[str, Any]:
+    """Run one scenario in a fresh namespace and return the runner's JSON result."""
+    proc = subprocess.run(
+        [*UNSHARE, sys.executable, "-m", "tests.e2e.codex_harness"],
+        input=json.dumps(scenario),
+        capture_output=True,
+        text=True,
+        cwd=str(REPO_ROOT),
+        timeout=timeout_s,
+    )
+    try:
+        result: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(
+            f"codex harness printed no JSON (rc={proc.returncode})\n"
+            f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        ) from None
+    if result.get("error"):
+        raise AssertionError(f"codex harness failed: {result['error']}\n{describe(result)}")
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    """Everything useful for an assertion message, trimmed."""
+    parts: list[str] = []
+    for i, step in enumerate(result.get("steps", [])):
+        parts.append(
+            f"--- step {i} {step.get('argv', [])[1:3]} exit={step.get('exit_code')}\n"
+            f"stdout:\n{step.get('stdout', '')[-3000:]}\nstderr:\n{step.get('stderr', '')[-6000:]}"
+        )
+    if result.get("gateway_output"):
+        parts.append(f"--- gateway output\n{result['gateway_output'][-6000:]}")
+    if result.get("sim_output"):
+        parts.append(f"--- sim output\n{result['sim_output'][-3000:]}")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------- inside the namespace
+
+
+def codex_config_toml(base_url: str, provider_extra: dict[str, Any]) -> str:
+    """PROTOCOL.md §9 config: one WS-capable provider, short retry budgets."""
+    provider: dict[str, Any] = {
+        "name": "gw",
+        "base_url": base_url,
+        "wire_api": "responses",
+        "env_key": "GW_KEY",
+        "supports_websockets": True,
+        "stream_max_retries": 1,
+        "request_max_retries": 0,
+        "websocket_connect_timeout_ms": 5000,
+    }
+    provider.update(provider_extra)
+    top = (
+        'model = "gpt-5.1-codex"\n'
+        'model_provider = "gw"\n'
+        'approval_policy = "never"\n'
+        'sandbox_mode = "read-only"\n'
+        "check_for_update_on_startup = false\n\n"
+    )
+    return top + toml_dumps({"analytics": {"enabled": False}, "model_providers.gw": provider})
+
+
+def _codex_argv(step: dict[str, Any]) -> list[str]:
+    prompt = str(step["prompt"])
+    if step.get("kind", "exec") == "resume":
+        return [str(CODEX_BINARY), "exec", "--skip-git-repo-check", "--strict-config", "resume", "--last", prompt]
+    return [str(CODEX_BINARY), "exec", "--skip-git-repo-check", "--strict-config", prompt]
+
+
+def _run_codex(
+    step: dict[str, Any], env: dict[str, str], workdir: Path, timeout_s: float
+) -> dict[str, Any]:
+    argv = _codex_argv(step)
+    started = time.monotonic()
+    try:
+        with open(os.devnull, "rb") as devnull:  # stdin must be empty (PROTOCOL §9)
+            done = subprocess.run(
+                argv,
+                stdin=devnull,
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=str(workdir),
+                timeout=timeout_s,
+            )
+        code: int | None = done.returncode
+        out, err = done.stdout, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        code = None
+        out = _text(exc.stdout)
+        err = _text(exc.stderr) + f"\n[harness] codex timed out after {timeout_s}s"
+    return {
+        "argv": argv,
+        "exit_code": code,
+        "stdout": out,
+        "stderr": err,
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+
+
+def _text(data: str | bytes | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+@contextmanager
+def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """Start the simulator (and gateway); yield (codex base_url, codex key, SimControl)."""
+    from tests.e2e.harness import CLIENT_KEY, gateway_config, run_gateway, run_sim
+
+    with ExitStack() as stack:
+        sim = stack.enter_context(run_sim())
+        stack.callback(lambda: result.__setitem__("sim_output", sim.proc.output()))
+        if scenario.get("mode", "gateway") == "direct":
+            yield sim.base_url, SIM_DIRECT_KEY, sim.control
+            return
+        cfg = gateway_config(sim.base_url, overrides=scenario.get("gateway_overrides") or {})
+        gateway = stack.enter_context(run_gateway(cfg))
+        stack.callback(lambda: result.__setitem__("gateway_output", gateway.proc.output()))
+        yield f"{gateway.http_url}/v1", CLIENT_KEY, sim.control
+
+
+def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {"steps": [], "sim_log": None, "error": None}
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    home = Path(tempfile.mkdtemp(prefix="codex-e2e-"))
+    try:
+        codex_home, workdir = home / "codex-home", home / "work"
+        codex_home.mkdir()
+        workdir.mkdir()
+        with _services(scenario, result) as (base_url, key, control):
+            (codex_home / "config.toml").write_text(
+                codex_config_toml(base_url, scenario.get("provider") or {})
+            )
+            env = {
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": str(home),
+                "CODEX_HOME": str(codex_home),
+                "GW_KEY": key,
+                "TERM": "dumb",
+                "NO_COLOR": "1",
+            }
+            if scenario.get("rust_log"):
+                env["RUST_LOG"] = str(scenario["rust_log"])
+            for rule in scenario.get("faults") or []:
+                control.add_fault(**rule)
+            timeout_s = float(scenario.get("step_timeout_s", 90))
+            for step in scenario["steps"]:
+                for rule in step.get("faults") or []:
+                    control.add_fault(**rule)
+                result["steps"].append(_run_codex(step, env, workdir, timeout_s))
+            result["sim_log"] = control.log()
+    except Exception:
+        result["error"] = traceback.format_exc()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def main() -> int:
+    scenario = json.loads(sys.stdin.read())
+    result = _run_inside(scenario)
+    sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
