@@ -10,7 +10,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from gateway.config import Config, load_config
@@ -210,7 +210,7 @@ class Gateway:
 def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Starlette:
     """The app for a config; tests pass an in-memory span exporter."""
     gateway = Gateway(cfg, span_exporter=span_exporter)
-    routes = []
+    routes: list[BaseRoute] = []
     for path in WS_PATHS:
         routes.append(WebSocketRoute(path, gateway.ws_endpoint))
         routes.append(Route(path, gateway.http_endpoint, methods=["POST"]))

@@ -107,7 +107,7 @@ class RetryPolicy:
             return 0.0
         base = min(self.max_s, self.initial_s * (2 ** max(0, retry_number - 1)))
         spread = base * self.jitter
-        return max(0.0, base + rng.uniform(-spread, spread))
+        return max(0.0, float(base + rng.uniform(-spread, spread)))
 
 
 @dataclass(slots=True)

@@ -218,6 +218,18 @@ class ClientSession:
             )
         finally:
             self.registry.turn_finished()
+            if self.draining:
+                await self.sink.close(self.drain_close_code, "server draining")
+
+    @property
+    def in_turn(self) -> bool:
+        return self.turn_task is not None and not self.turn_task.done()
+
+    async def begin_drain(self, code: int) -> None:
+        self.draining = True
+        self.drain_close_code = code
+        if not self.in_turn:
+            await self.sink.close(code, "server draining")
 
     async def close_for_drain(self, code: int) -> None:
         self.draining = True

@@ -109,7 +109,7 @@ async def synthesize_warmup(request: RequestSnapshot, sink: ClientSink) -> TurnT
     """R-04: answer ``generate: false`` locally when the upstream is HTTP-only."""
     response_id = f"resp_gw{secrets.token_hex(12)}"
     created_at = int(time.time())
-    base = {
+    base: dict[str, object] = {
         "id": response_id,
         "object": "response",
         "created_at": created_at,

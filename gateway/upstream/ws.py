@@ -191,7 +191,8 @@ class UpstreamWS:
                 ws.receive_data(data)
             for event in ws.events():
                 if isinstance(event, TextMessage | BytesMessage):
-                    chunk = event.data
+                    data_ = event.data
+                    chunk: str | bytes = bytes(data_) if isinstance(data_, bytearray) else data_
                     if event.message_finished and not st.partial:
                         if len(chunk) > self._max:
                             raise MessageTooBig(f"upstream message over {self._max} bytes")

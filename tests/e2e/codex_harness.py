@@ -16,7 +16,7 @@ Scenario keys (all optional except ``steps``)::
     faults: [rule, ...]                 SimControl.add_fault(**rule) before the first step
     provider: {k: v}                    extra [model_providers.gw] keys for Codex
     steps: [{"kind": "exec" | "resume", "prompt": str, "faults": [rule, ...]}]
-    step_timeout_s: float               per Codex run (default 90)
+    step_timeout_s: float               per Codex run (default 60)
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ CODEX_BINARY = (
     REPO_ROOT
     / ".cache/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 )
+RUNS_DIR = REPO_ROOT / ".cache" / "codex-runs"
 SIM_DIRECT_KEY = "sk-sim-a"  # the simulator's own key, used when Codex talks to it directly
 UNSHARE = ["unshare", "-rn", "--pid", "--fork", "--kill-child"]
 
@@ -193,7 +194,9 @@ def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[tupl
 def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"steps": [], "sim_log": None, "error": None}
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    home = Path(tempfile.mkdtemp(prefix="codex-e2e-"))
+    # Not under /tmp: Codex refuses to create its helper-binary aliases in a temp dir.
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    home = Path(tempfile.mkdtemp(prefix="run-", dir=RUNS_DIR))
     try:
         codex_home, workdir = home / "codex-home", home / "work"
         codex_home.mkdir()
@@ -214,7 +217,7 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
                 env["RUST_LOG"] = str(scenario["rust_log"])
             for rule in scenario.get("faults") or []:
                 control.add_fault(**rule)
-            timeout_s = float(scenario.get("step_timeout_s", 90))
+            timeout_s = float(scenario.get("step_timeout_s", 60))
             for step in scenario["steps"]:
                 for rule in step.get("faults") or []:
                     control.add_fault(**rule)
