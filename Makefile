@@ -48,7 +48,11 @@ fmt: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP) system-deps
+## codex-deps: the pinned Codex CLI for the real-client tests (npm; nodejs via apt-get when missing).
+codex-deps:
+	@bash scripts/install-codex.sh >/dev/null
+
+pytest: $(STAMP) system-deps codex-deps
 	$(PY) -m pytest -n 2 --cov=normalizer --cov-branch --cov-report=term $(PYTEST_ARGS)
 
 test: $(STAMP) system-deps lint typecheck pytest

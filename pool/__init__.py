@@ -1,0 +1,29 @@
+"""Per-account upstream connection pool with an indexed heap; the dialer is injected."""
+
+from pool.pool import AccountPool, Lease, PoolManager
+from pool.types import (
+    Clock,
+    Conn,
+    Dialer,
+    DialFailed,
+    PoolClosed,
+    PoolConfig,
+    PoolError,
+    PoolExhausted,
+    PoolStats,
+)
+
+__all__ = [
+    "AccountPool",
+    "Clock",
+    "Conn",
+    "DialFailed",
+    "Dialer",
+    "Lease",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolError",
+    "PoolExhausted",
+    "PoolManager",
+    "PoolStats",
+]

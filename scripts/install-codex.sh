@@ -34,6 +34,19 @@ installed_version() {
     "$1" --version 2>/dev/null | awk '{print $NF}'
 }
 
+apt_install() {
+    local SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
+# The tests run Codex in a loopback-only namespace: unshare (util-linux) + ip (iproute2).
+if ! command -v ip >/dev/null 2>&1; then
+    log "ip not found; installing iproute2 with apt-get"
+    apt_install iproute2
+fi
+
 BIN="$(native_binary)"
 if [ -x "$BIN" ] && [ "$(installed_version "$BIN")" = "$CODEX_VERSION" ]; then
     echo "$BIN"
@@ -42,10 +55,7 @@ fi
 
 if ! command -v npm >/dev/null 2>&1; then
     log "npm not found; installing nodejs + npm with apt-get"
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+    apt_install nodejs npm
 fi
 
 mkdir -p "$PREFIX"

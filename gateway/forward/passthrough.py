@@ -33,6 +33,7 @@ class PassthroughForwarder:
         self.conn: UpstreamWS = lease.conn  # type: ignore[assignment]
         self.broken = False
         self._closed = False
+        self.trace_parent = None
         ctx.active[account.id] += 1
 
     @classmethod
@@ -45,16 +46,31 @@ class PassthroughForwarder:
             lease = await ctx.pools.pool(account.id).acquire()
         finally:
             turn_headers.reset(token)
-        return cls(ctx, account, lease)
+        forwarder = cls(ctx, account, lease)
+        forwarder.trace_parent = ctx.tracing.parent_context(client_headers)
+        return forwarder
 
     @property
     def upstream_turn_state(self) -> str | None:
         return self.conn.response_headers.get("x-codex-turn-state")
 
     async def run_turn(self, frame: str, sink: ClientSink) -> None:
+        with self.ctx.tracing.turn_span("chat", self.trace_parent) as span:
+            tracker = TurnTracker()
+            await self._run_turn(frame, sink, tracker)
+            if span.is_recording():
+                span.set_attribute("gateway.instance", self.ctx.instance_id)
+                span.set_attribute("gateway.mode", MODE)
+                span.set_attribute("gateway.account", self.account.id)
+                span.set_attribute("gateway.drained_after_disconnect", sink.gone)
+                if tracker.response_id:
+                    span.set_attribute("gen_ai.response.id", tracker.response_id)
+                span.set_attribute("gen_ai.usage.input_tokens", tracker.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", tracker.output_tokens)
+
+    async def _run_turn(self, frame: str, sink: ClientSink, tracker: TurnTracker) -> None:
         ws_cfg = self.ctx.cfg.openai_ws
         metrics = self.ctx.metrics
-        tracker = TurnTracker()
         if self.broken or self.conn.closed:
             await self._upstream_lost(sink, self.conn.close_info)
             return

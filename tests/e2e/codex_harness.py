@@ -45,6 +45,15 @@ CODEX_BINARY = (
 RUNS_DIR = REPO_ROOT / ".cache" / "codex-runs"
 SIM_DIRECT_KEY = "sk-sim-a"  # the simulator's own key, used when Codex talks to it directly
 UNSHARE = ["unshare", "-rn", "--pid", "--fork", "--kill-child"]
+# Codex's default log filter hides its retry warnings ("stream disconnected - retrying
+# sampling request"); this shows every WARN plus one INFO line per WebSocket it opens.
+DEFAULT_RUST_LOG = "warn,codex_api::endpoint::responses_websocket=info"
+WS_CONNECTED = "successfully connected to Responses WebSocket"
+RETRY_MARKERS = (
+    "retrying sampling request",  # codex_core::responses_retry, any retried stream
+    "Reconnecting",  # HTTP transport retry loop
+    "Falling back from WebSockets",  # WS retry budget used up
+)
 
 
 # ---------------------------------------------------------------- outside the namespace
@@ -133,7 +142,15 @@ def codex_config_toml(base_url: str, provider_extra: dict[str, Any]) -> str:
 def _codex_argv(step: dict[str, Any]) -> list[str]:
     prompt = str(step["prompt"])
     if step.get("kind", "exec") == "resume":
-        return [str(CODEX_BINARY), "exec", "--skip-git-repo-check", "--strict-config", "resume", "--last", prompt]
+        return [
+            str(CODEX_BINARY),
+            "exec",
+            "--skip-git-repo-check",
+            "--strict-config",
+            "resume",
+            "--last",
+            prompt,
+        ]
     return [str(CODEX_BINARY), "exec", "--skip-git-repo-check", "--strict-config", prompt]
 
 
@@ -162,6 +179,8 @@ def _run_codex(
     return {
         "argv": argv,
         "exit_code": code,
+        "ws_connects": err.count(WS_CONNECTED),
+        "retry_lines": [line for line in err.splitlines() if any(m in line for m in RETRY_MARKERS)],
         "stdout": out,
         "stderr": err,
         "duration_s": round(time.monotonic() - started, 3),
@@ -213,8 +232,7 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
                 "TERM": "dumb",
                 "NO_COLOR": "1",
             }
-            if scenario.get("rust_log"):
-                env["RUST_LOG"] = str(scenario["rust_log"])
+            env["RUST_LOG"] = str(scenario.get("rust_log") or DEFAULT_RUST_LOG)
             for rule in scenario.get("faults") or []:
                 control.add_fault(**rule)
             timeout_s = float(scenario.get("step_timeout_s", 60))

@@ -153,9 +153,11 @@ def test_resume_last_continues_in_new_process(codex_binary: str) -> None:
     text = json.dumps(body(last)["input"])
     warmups = [r for r in requests(result) if body(r).get("generate") is False]
     # The resumed process sent the old history (after its own warm-up, or in full).
-    assert "remember the word pelican" in text or (
-        len(warmups) == 2 and "remember the word pelican" in warmups[-1]["raw"]
-    ) or "remember the word pelican" in json.dumps(_full_input(result, last))
+    assert (
+        "remember the word pelican" in text
+        or (len(warmups) == 2 and "remember the word pelican" in warmups[-1]["raw"])
+        or "remember the word pelican" in json.dumps(_full_input(result, last))
+    )
     assert "which word did I say?" in text
     assert last["response_text"] in step["stdout"]
 

@@ -1,0 +1,182 @@
+"""The request snapshot: a ``response.create`` frame decoded once.
+
+The top level is kept as ``dict[str, msgspec.Raw]`` (every field, in order, as raw
+bytes) and the input as raw items with a tiny typed peek (``type``, ``call_id``).
+Unknown fields and item types survive byte-identical; an unchanged request is sent as
+the very bytes that came in, and a changed one re-encodes only what changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+_top_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_str_decoder = msgspec.json.Decoder(str)
+_opt_str_decoder = msgspec.json.Decoder(str | None)
+_opt_bool_decoder = msgspec.json.Decoder(bool | None)
+_encoder = msgspec.json.Encoder()
+
+
+class RequestDecodeError(ValueError):
+    """The frame is not a usable request; the message says precisely why."""
+
+
+class _ItemPeek(msgspec.Struct):
+    type: str = ""
+    call_id: str | None = None
+
+
+_item_decoder = msgspec.json.Decoder(_ItemPeek)
+
+
+class Item(msgspec.Struct, frozen=True):
+    raw: msgspec.Raw
+    type: str
+    call_id: str | None = None
+
+
+def item_from_raw(raw: msgspec.Raw | bytes) -> Item:
+    data = raw if isinstance(raw, msgspec.Raw) else msgspec.Raw(raw)
+    try:
+        peek = _item_decoder.decode(data)
+    except msgspec.DecodeError:
+        return Item(data, "")  # not an object: forwarded untouched
+    return Item(data, peek.type, peek.call_id if isinstance(peek.call_id, str) else None)
+
+
+def make_item(obj: dict[str, Any]) -> Item:
+    """A synthetic item (e.g. an injected aborted output)."""
+    call_id = obj.get("call_id")
+    return Item(
+        msgspec.Raw(_encoder.encode(obj)),
+        str(obj.get("type", "")),
+        call_id if isinstance(call_id, str) else None,
+    )
+
+
+class RequestSnapshot(msgspec.Struct, frozen=True):
+    raw: bytes
+    fields: dict[str, msgspec.Raw]
+    items: tuple[Item, ...]
+    type: str
+    model: str | None
+    previous_response_id: str | None
+    store: bool | None
+    generate: bool | None
+    input_is_string: bool
+    input_present: bool
+    changed: bool = False
+
+    def with_previous_response_id(self, value: str | None) -> RequestSnapshot:
+        if value == self.previous_response_id and (
+            value is not None or "previous_response_id" not in self.fields
+        ):
+            return self
+        fields = dict(self.fields)
+        if value is None:
+            fields.pop("previous_response_id", None)
+        else:
+            fields["previous_response_id"] = msgspec.Raw(_encoder.encode(value))
+        return msgspec.structs.replace(
+            self, fields=fields, previous_response_id=value, changed=True
+        )
+
+    def with_items(self, items: Sequence[Item]) -> RequestSnapshot:
+        items = tuple(items)
+        if items == self.items and not self.input_is_string:
+            return self
+        return msgspec.structs.replace(
+            self, items=items, input_is_string=False, input_present=True, changed=True
+        )
+
+    def without_fields(self, *names: str) -> RequestSnapshot:
+        if not any(name in self.fields for name in names):
+            return self
+        fields = {k: v for k, v in self.fields.items() if k not in names}
+        updates: dict[str, Any] = {"fields": fields, "changed": True}
+        if "previous_response_id" in names:
+            updates["previous_response_id"] = None
+        if "generate" in names:
+            updates["generate"] = None
+        if "store" in names:
+            updates["store"] = None
+        return msgspec.structs.replace(self, **updates)
+
+    def with_field(self, name: str, raw_json: bytes) -> RequestSnapshot:
+        fields = dict(self.fields)
+        fields[name] = msgspec.Raw(raw_json)
+        return msgspec.structs.replace(self, fields=fields, changed=True)
+
+
+def _peek(
+    fields: dict[str, msgspec.Raw], name: str, decoder: msgspec.json.Decoder[Any], kind: str
+) -> Any:
+    raw = fields.get(name)
+    if raw is None:
+        return None
+    try:
+        return decoder.decode(raw)
+    except msgspec.DecodeError:
+        raise RequestDecodeError(f"field {name!r} must be {kind}") from None
+
+
+def decode_request(frame: bytes | str) -> RequestSnapshot:
+    data = frame.encode() if isinstance(frame, str) else frame
+    try:
+        fields = _top_decoder.decode(data)
+    except msgspec.ValidationError:
+        raise RequestDecodeError("request must be a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise RequestDecodeError(f"malformed JSON: {exc}") from None
+    kind = _peek(fields, "type", _opt_str_decoder, "a string") or "response.create"
+    raw_input = fields.get("input")
+    items: tuple[Item, ...] = ()
+    input_is_string = False
+    if raw_input is not None:
+        first = memoryview(raw_input)[:1].tobytes()
+        if first == b'"':
+            input_is_string = True
+            text = _str_decoder.decode(raw_input)
+            items = (
+                make_item(
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": text}],
+                    }
+                ),
+            )
+        elif first == b"[":
+            items = tuple(item_from_raw(raw) for raw in _items_decoder.decode(raw_input))
+        elif memoryview(raw_input).tobytes() != b"null":
+            raise RequestDecodeError("field 'input' must be a string or an array")
+    return RequestSnapshot(
+        raw=data,
+        fields=fields,
+        items=items,
+        type=kind,
+        model=_peek(fields, "model", _opt_str_decoder, "a string"),
+        previous_response_id=_peek(fields, "previous_response_id", _opt_str_decoder, "a string"),
+        store=_peek(fields, "store", _opt_bool_decoder, "a boolean"),
+        generate=_peek(fields, "generate", _opt_bool_decoder, "a boolean"),
+        input_is_string=input_is_string,
+        input_present=raw_input is not None,
+    )
+
+
+def _encode_items(items: tuple[Item, ...]) -> msgspec.Raw:
+    return msgspec.Raw(b"[" + b",".join(memoryview(item.raw) for item in items) + b"]")
+
+
+def encode_request(snap: RequestSnapshot) -> bytes:
+    """The original bytes when nothing changed; else only changed fields are re-encoded."""
+    if not snap.changed:
+        return snap.raw
+    fields = dict(snap.fields)
+    if not snap.input_is_string and (snap.input_present or snap.items):
+        fields["input"] = _encode_items(snap.items)
+    return _encoder.encode(fields)
