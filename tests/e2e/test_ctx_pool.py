@@ -157,11 +157,18 @@ async def test_tool_output_missing_once_is_replayed_without_previous_id(
     assert "function_call" in kinds and "function_call_output" in kinds
 
 
+@pytest.fixture
+def isolated_gateway(sim: SimProcess) -> Iterator[GatewayProcess]:
+    """A gateway of its own: a policy failure puts the account in HTTP cooldown."""
+    with run_gateway(gateway_config(sim.base_url)) as gw:
+        yield gw
+
+
 async def test_policy_close_falls_back_to_http_after_one_attempt(
-    sim: SimProcess, gateway: GatewayProcess
+    sim: SimProcess, isolated_gateway: GatewayProcess
 ) -> None:
     sim.control.add_fault(kind="close_after_events", after_events=0, code=1008, times=1)
-    ws = await open_ws(gateway.ws_url, auth_headers())
+    ws = await open_ws(isolated_gateway.ws_url, auth_headers())
     try:
         events = await turn(ws, create("policy please"))
     finally:
@@ -170,6 +177,14 @@ async def test_policy_close_falls_back_to_http_after_one_attempt(
     log = sim.control.log()
     assert len([r for r in log["requests"] if r["transport"] == "ws"]) == 1
     assert len([r for r in log["requests"] if r["transport"] == "http"]) == 1
+    # The cooldown keeps the account on HTTP for the next turn (no WebSocket retry storm).
+    ws = await open_ws(isolated_gateway.ws_url, auth_headers())
+    try:
+        assert terminal(await turn(ws, create("still cooling")))["type"] == "response.completed"
+    finally:
+        await ws.close()
+    transports = [r["transport"] for r in sim.control.log()["requests"]]
+    assert transports == ["ws", "http", "http"]
 
 
 async def test_handshake_5xx_twice_then_completes(sim: SimProcess, gateway: GatewayProcess) -> None:
@@ -307,8 +322,10 @@ async def test_warmup_then_chained_request(sim: SimProcess, gateway: GatewayProc
         await ws.close()
     assert terminal(chained)["type"] == "response.completed"
     log = sim.control.log()
-    assert len(log["connections"]) == 1
-    assert _sent(log["requests"][-1])["previous_response_id"] == response_id(warm)
+    warm_req, chained_req = log["requests"][-2:]
+    assert warm_req["generate"] is False and warm_req["transport"] == "ws"
+    assert chained_req["conn_id"] == warm_req["conn_id"]  # chained on the warm socket
+    assert _sent(chained_req)["previous_response_id"] == response_id(warm)
 
 
 @pytest.fixture(scope="module")
