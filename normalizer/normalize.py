@@ -8,6 +8,7 @@ Steps, in order, on the request snapshot and the known continuation state:
 2. inject ``"aborted"`` outputs: for the previous response's pending calls that the
    input does not answer (at the front: they answer the previous response), and for
    calls inside the input without an output (right after the call, as Codex does).
+   An output placed before its own call is moved right after it.
 3. remove orphan outputs (no call in the input nor in the known pending set) and
    duplicate outputs (a call gets exactly one).
 4. keep ``previous_response_id`` invariant-first. It is never dropped here: when the
@@ -48,6 +49,7 @@ _REASON_PRIORITY = (
     Reason.INJECTED_ABORTED,
     Reason.REMOVED_ORPHANS,
     Reason.REMOVED_DUPLICATES,
+    Reason.MOVED_OUTPUTS,
     Reason.ALIGNED_PREVIOUS,
     Reason.INFERRED_PREVIOUS,
     Reason.PENDING_UNKNOWN,
@@ -122,16 +124,32 @@ def normalize(
             if call_id not in answered and call_id not in calls_in_input:
                 front.append(aborted_output(kind, call_id))
                 answered.add(call_id)
+    # An output placed before its own call is moved to right after the call: the
+    # upstream reads the input in order and would find no call for it.
     paired: list[Item] = []
-    inline = 0
+    inline = moved = 0
+    seen_calls: set[str] = set()
+    early: dict[str, list[Item]] = {}
     for item in items:
-        paired.append(item)
-        if _is_call(item) and item.call_id not in answered:
+        if _is_output(item) and item.call_id in calls_in_input and item.call_id not in seen_calls:
             assert item.call_id is not None
-            paired.append(aborted_output(item.type, item.call_id))
-            answered.add(item.call_id)
-            inline += 1
+            early.setdefault(item.call_id, []).append(item)
+            continue
+        paired.append(item)
+        if _is_call(item):
+            assert item.call_id is not None
+            seen_calls.add(item.call_id)
+            if item.call_id in early:
+                moved += len(early[item.call_id])
+                paired.extend(early.pop(item.call_id))
+            elif item.call_id not in answered:
+                paired.append(aborted_output(item.type, item.call_id))
+                answered.add(item.call_id)
+                inline += 1
     injected = len(front) + inline
+    if moved:
+        reasons.add(Reason.MOVED_OUTPUTS)
+        actions.append(f"moved_outputs:{moved}")
     if injected:
         reasons.add(Reason.INJECTED_ABORTED)
         actions.append(f"injected_aborted:{injected}")
@@ -177,7 +195,7 @@ def normalize(
     removed = orphans + duplicates
     if Reason.PREVIOUS_UNAVAILABLE in reasons:
         invariant = InvariantState.NEEDS_FULL_REPLAY
-    elif injected or removed:
+    elif injected or removed or moved:
         invariant = InvariantState.REPAIRED
     elif unknown:
         invariant = InvariantState.PENDING_UNKNOWN
@@ -185,13 +203,13 @@ def normalize(
         invariant = InvariantState.CONSISTENT
     reason = next((r for r in _REASON_PRIORITY if r in reasons), Reason.OK)
     decision = Decision(invariant, reason, tuple(actions), injected, removed, prev_action)
-    if strict and (injected or removed):
+    if strict and (injected or removed or moved):
         raise InvariantViolation(decision, "; ".join(actions))
 
     result = request
     if prev != request.previous_response_id:
         result = result.with_previous_response_id(prev)
-    if injected or removed:
+    if injected or removed or moved:
         result = result.with_items(kept)
     return NormalizeResult(result, encode_request(result), decision)
 

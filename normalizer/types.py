@@ -35,6 +35,7 @@ class Reason(StrEnum):
     INJECTED_ABORTED = "injected_aborted_outputs"
     REMOVED_ORPHANS = "removed_orphan_outputs"
     REMOVED_DUPLICATES = "removed_duplicate_outputs"
+    MOVED_OUTPUTS = "moved_outputs_after_calls"
     KEPT_FOR_OUTPUTS = "kept_previous_response_id_for_outputs"
     PENDING_UNKNOWN = "pending_calls_unknown"
     PREVIOUS_UNAVAILABLE = "previous_response_unavailable"

@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Mapping
 
+from opentelemetry import context as otel_context
+
 from gateway.config import Account
 from gateway.context import GatewayContext
 from gateway.events import error_event
@@ -33,7 +35,7 @@ class PassthroughForwarder:
         self.conn: UpstreamWS = lease.conn  # type: ignore[assignment]
         self.broken = False
         self._closed = False
-        self.trace_parent = None
+        self.trace_parent: otel_context.Context | None = None
         ctx.active[account.id] += 1
 
     @classmethod

@@ -2,7 +2,7 @@
 
 Codex must reach nothing but loopback, so every scenario runs inside its own user +
 network (+ pid) namespace: the test calls :func:`run_scenario`, which spawns
-``unshare -rn --pid --fork --kill-child python -m tests.e2e.codex_harness`` with the
+``unshare -rn --pid --fork --mount-proc --kill-child python -m tests.e2e.codex_harness`` with the
 scenario JSON on stdin. Inside, :func:`_run_inside` brings ``lo`` up, starts the
 simulator (and the gateway unless ``mode == "direct"``) on free ports, runs each Codex
 step with a generated ``CODEX_HOME``, and prints one JSON result on stdout: every
@@ -15,8 +15,12 @@ Scenario keys (all optional except ``steps``)::
     gateway_overrides: {section: {k: v}} merged into tests.e2e.harness.gateway_config
     faults: [rule, ...]                 SimControl.add_fault(**rule) before the first step
     provider: {k: v}                    extra [model_providers.gw] keys for Codex
-    steps: [{"kind": "exec" | "resume", "prompt": str, "faults": [rule, ...]}]
+    steps: [{"kind": "exec" | "resume", "prompt": str,
+             "faults": [rule, ...],     added before this step
+             "arm": {"when_in_flight": n, "faults": [rule, ...]}}]
+                                        added once the nth non-warm-up request is streaming
     step_timeout_s: float               per Codex run (default 60)
+    rust_log: str                       RUST_LOG for Codex (default shows retries, sockets)
 """
 
 from __future__ import annotations
@@ -27,10 +31,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +50,10 @@ CODEX_BINARY = (
 )
 RUNS_DIR = REPO_ROOT / ".cache" / "codex-runs"
 SIM_DIRECT_KEY = "sk-sim-a"  # the simulator's own key, used when Codex talks to it directly
-UNSHARE = ["unshare", "-rn", "--pid", "--fork", "--kill-child"]
+# --pid/--kill-child: the kernel kills whatever is left inside when the runner dies.
+# --mount-proc is required with --pid: with the host's /proc, the sandboxed
+# exec_command of Codex hangs (its tool call times out after 10 s with no output).
+UNSHARE = ["unshare", "-rn", "--pid", "--fork", "--mount-proc", "--kill-child"]
 # Codex's default log filter hides its retry warnings ("stream disconnected - retrying
 # sampling request"); this shows every WARN plus one INFO line per WebSocket it opens.
 DEFAULT_RUST_LOG = "warn,codex_api::endpoint::responses_websocket=info"
@@ -193,24 +202,70 @@ def _text(data: str | bytes | None) -> str:
     return data.decode(errors="replace") if isinstance(data, bytes) else data
 
 
+@dataclass
+class Services:
+    codex_base_url: str
+    codex_key: str
+    sim_url: str
+
+
 @contextmanager
-def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
-    """Start the simulator (and gateway); yield (codex base_url, codex key, SimControl)."""
+def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[Services]:
+    """Start the simulator (and the gateway unless mode is direct)."""
     from tests.e2e.harness import CLIENT_KEY, gateway_config, run_gateway, run_sim
 
     with ExitStack() as stack:
         sim = stack.enter_context(run_sim())
         stack.callback(lambda: result.__setitem__("sim_output", sim.proc.output()))
+        sim_url = f"http://127.0.0.1:{sim.port}"
         if scenario.get("mode", "gateway") == "direct":
-            yield sim.base_url, SIM_DIRECT_KEY, sim.control
+            yield Services(sim.base_url, SIM_DIRECT_KEY, sim_url)
             return
         cfg = gateway_config(sim.base_url, overrides=scenario.get("gateway_overrides") or {})
         gateway = stack.enter_context(run_gateway(cfg))
         stack.callback(lambda: result.__setitem__("gateway_output", gateway.proc.output()))
-        yield f"{gateway.http_url}/v1", CLIENT_KEY, sim.control
+        yield Services(f"{gateway.http_url}/v1", CLIENT_KEY, sim_url)
+
+
+class FaultArmer(threading.Thread):
+    """Adds fault rules while Codex runs, once the Nth real request is in flight upstream.
+
+    Some faults must hit one specific response (e.g. close the socket right after the
+    function-call response, not after the warm-up); the simulator's rules cannot say
+    which, so we add them at the right moment. The prompt's ``[[sim delay_ms=...]]``
+    keeps that response streaming long enough to be seen in flight.
+    """
+
+    def __init__(self, sim_url: str, when_in_flight: int, rules: list[dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        self.sim_url, self.when_in_flight, self.rules = sim_url, when_in_flight, rules
+        self.stop = threading.Event()
+        self.outcome = "not_armed"
+
+    def run(self) -> None:
+        from tests.sim.control import SimControl
+
+        control = SimControl(self.sim_url)
+        try:
+            while not self.stop.is_set():
+                real = [r for r in control.log()["requests"] if r.get("generate") is not False]
+                if len(real) >= self.when_in_flight:
+                    target = real[self.when_in_flight - 1]
+                    if target["outcome"] != "in_flight":
+                        self.outcome = f"missed: request already {target['outcome']}"
+                        return
+                    for rule in self.rules:
+                        control.add_fault(**rule)
+                    self.outcome = "armed"
+                    return
+                self.stop.wait(0.01)
+        finally:
+            control.close()
 
 
 def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
+    from tests.sim.control import SimControl
+
     result: dict[str, Any] = {"steps": [], "sim_log": None, "error": None}
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     # Not under /tmp: Codex refuses to create its helper-binary aliases in a temp dir.
@@ -220,27 +275,43 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
         codex_home, workdir = home / "codex-home", home / "work"
         codex_home.mkdir()
         workdir.mkdir()
-        with _services(scenario, result) as (base_url, key, control):
+        with _services(scenario, result) as services:
+            control = SimControl(services.sim_url)
             (codex_home / "config.toml").write_text(
-                codex_config_toml(base_url, scenario.get("provider") or {})
+                codex_config_toml(services.codex_base_url, scenario.get("provider") or {})
             )
             env = {
                 "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                 "HOME": str(home),
                 "CODEX_HOME": str(codex_home),
-                "GW_KEY": key,
+                "GW_KEY": services.codex_key,
                 "TERM": "dumb",
                 "NO_COLOR": "1",
+                "RUST_LOG": str(scenario.get("rust_log") or DEFAULT_RUST_LOG),
             }
-            env["RUST_LOG"] = str(scenario.get("rust_log") or DEFAULT_RUST_LOG)
             for rule in scenario.get("faults") or []:
                 control.add_fault(**rule)
             timeout_s = float(scenario.get("step_timeout_s", 60))
             for step in scenario["steps"]:
                 for rule in step.get("faults") or []:
                     control.add_fault(**rule)
-                result["steps"].append(_run_codex(step, env, workdir, timeout_s))
+                armer = None
+                if step.get("arm"):
+                    arm = step["arm"]
+                    armer = FaultArmer(
+                        services.sim_url, int(arm["when_in_flight"]), list(arm["faults"])
+                    )
+                    armer.start()
+                before = len(control.log()["requests"])
+                outcome = _run_codex(step, env, workdir, timeout_s)
+                outcome["first_sim_request"] = before  # index into sim_log["requests"]
+                if armer is not None:
+                    armer.stop.set()
+                    armer.join(timeout=5)
+                    outcome["arm"] = armer.outcome
+                result["steps"].append(outcome)
             result["sim_log"] = control.log()
+            control.close()
     except Exception:
         result["error"] = traceback.format_exc()
     finally:

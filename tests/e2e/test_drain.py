@@ -25,7 +25,9 @@ def sim() -> Iterator[SimProcess]:
 
 @pytest.mark.parametrize("mode", ["ctx_pool", "passthrough"])
 async def test_sigterm_lets_the_turn_in_flight_finish(sim: SimProcess, mode: str) -> None:
-    cfg = gateway_config(sim.base_url, overrides={"openai_ws": {"mode": mode}, "server": {"drain_timeout_s": 20.0}})
+    cfg = gateway_config(
+        sim.base_url, overrides={"openai_ws": {"mode": mode}, "server": {"drain_timeout_s": 20.0}}
+    )
     with run_gateway(cfg) as gw:
         busy = await open_ws(gw.ws_url, auth_headers())
         idle = await open_ws(gw.ws_url, auth_headers())

@@ -1,0 +1,70 @@
+"""Decoding the request snapshot: precise errors, raw fields, cheap re-encoding."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from normalizer import RequestDecodeError, decode_request, encode_request, item_from_raw, make_item
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (b"{not json", "malformed JSON"),
+        (b"[1,2]", "request must be a JSON object"),
+        (b'{"input": 5}', "field 'input' must be a string or an array"),
+        (b'{"previous_response_id": 5}', "field 'previous_response_id' must be a string"),
+        (b'{"store": "yes"}', "field 'store' must be a boolean"),
+        (b'{"model": []}', "field 'model' must be a string"),
+    ],
+)
+def test_decode_errors_are_precise(frame: bytes, message: str) -> None:
+    with pytest.raises(RequestDecodeError, match=message):
+        decode_request(frame)
+
+
+def test_peeked_fields_and_defaults() -> None:
+    snap = decode_request(
+        '{"model":"gpt","store":false,"generate":false,"previous_response_id":null,"input":null}'
+    )
+    assert snap.type == "response.create"  # a missing type means response.create
+    assert (snap.model, snap.store, snap.generate, snap.previous_response_id) == (
+        "gpt",
+        False,
+        False,
+        None,
+    )
+    assert snap.items == () and snap.input_present
+
+
+def test_edits_are_pure_and_only_changed_fields_reencode() -> None:
+    raw = b'{"type":"response.create","input":[{"type":"message","x":  1}],"previous_response_id":"r1","z":  [1, 2]}'
+    snap = decode_request(raw)
+    same = snap.with_previous_response_id("r1").with_items(snap.items).without_fields("nope")
+    assert same is snap and encode_request(same) is raw
+    changed = snap.with_previous_response_id(None)
+    assert snap.previous_response_id == "r1"  # the original is untouched
+    out = encode_request(changed)
+    assert b'"previous_response_id"' not in out
+    assert (
+        b'{"type":"message","x":  1}' in out and b'"z":[1, 2]' in out
+    )  # raw bytes kept, not re-encoded
+    dropped = snap.without_fields("previous_response_id", "generate", "store")
+    assert (
+        dropped.previous_response_id is None and dropped.store is None and dropped.generate is None
+    )
+    added = snap.with_field("stream", b"true")
+    assert json.loads(encode_request(added))["stream"] is True
+
+
+def test_items_peek_type_and_call_id() -> None:
+    item = item_from_raw(b'{"type":"function_call_output","call_id":"c1","output":"x"}')
+    assert (item.type, item.call_id) == ("function_call_output", "c1")
+    odd = item_from_raw(b'"just a string"')
+    assert odd.type == "" and odd.call_id is None
+    numeric = item_from_raw(b'{"type":"x","call_id":7}')
+    assert numeric.call_id is None
+    made = make_item({"type": "function_call_output", "call_id": "c2", "output": "aborted"})
+    assert json.loads(bytes(made.raw))["call_id"] == "c2"
