@@ -387,6 +387,13 @@ class AccountPool:
     def prewarm_running(self) -> bool:
         return self._prewarm_task is not None and not self._prewarm_task.done()
 
+    async def wait_prewarm(self) -> None:
+        """Wait for the running prewarm round, if any (tests, shutdown)."""
+        task = self._prewarm_task
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+
     async def aclose(self) -> None:
         self._closed = True
         if self._prewarm_task is not None:

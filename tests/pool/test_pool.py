@@ -174,8 +174,7 @@ async def test_prewarm_burst_starts_one_task_and_gate_trips_on_failures() -> Non
     assert pool.stats().prewarm_runs <= 1
     dialer.gate.set()
     leases = await asyncio.gather(*burst)
-    while pool.prewarm_running:
-        await asyncio.sleep(0)
+    await pool.wait_prewarm()
     assert pool.stats().prewarm_runs <= 1  # one task at most for the whole burst
     for lease in leases:
         lease.release(broken=True)
@@ -184,8 +183,7 @@ async def test_prewarm_burst_starts_one_task_and_gate_trips_on_failures() -> Non
     dialer.fail = True
     clock.advance(2)
     await pool.maintain_once()  # a round runs and its dials fail
-    while pool.prewarm_running:
-        await asyncio.sleep(0)
+    await pool.wait_prewarm()
     runs = pool.stats().prewarm_runs
     clock.advance(2)
     await pool.maintain_once()
@@ -193,8 +191,7 @@ async def test_prewarm_burst_starts_one_task_and_gate_trips_on_failures() -> Non
     dialer.fail = False
     clock.advance(31)
     await pool.maintain_once()
-    while pool.prewarm_running:
-        await asyncio.sleep(0)
+    await pool.wait_prewarm()
     assert pool.stats().prewarm_runs == runs + 1 and pool.stats().idle == 2
 
 
