@@ -117,6 +117,7 @@ class TurnAttempts:
     attempts: int = 0
     retries: int = 0
     tried: set[Action] = field(default_factory=set)
+    replayed: set[Failure] = field(default_factory=set)  # each failure kind gets one replay
 
 
 def next_action(
@@ -134,11 +135,11 @@ def next_action(
     if failure is Failure.PREVIOUS_NOT_FOUND:
         if recovery_enabled and can_align and Action.ALIGN not in state.tried:
             return Action.ALIGN
-        if recovery_enabled and has_transcript and Action.REPLAY not in state.tried:
+        if recovery_enabled and has_transcript and failure not in state.replayed:
             return Action.REPLAY
         return Action.FAIL  # the client gets previous_response_not_found and replays itself
     if failure is Failure.TOOL_OUTPUT_MISSING:
-        if recovery_enabled and has_transcript and Action.REPLAY not in state.tried:
+        if recovery_enabled and has_transcript and failure not in state.replayed:
             return Action.REPLAY
         return Action.FAIL  # never the raw "No tool output found": Codex treats it as fatal
     if failure in (Failure.HANDSHAKE_POLICY, Failure.CLOSED_POLICY):

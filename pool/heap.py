@@ -1,16 +1,26 @@
-"""An indexed binary min-heap: push/pop/remove-by-id in O(log n), lookup in O(1).
+"""An indexed binary min-heap: push/pop O(log n), lookup and remove-by-id O(1).
 
 Entries are ordered by ``(bound, last_used)``: sockets holding no live conversation
 first, then the least recently used. With ``store: false`` a bound socket holds its
 conversation's only copy of the previous response, so it is handed to a new
 conversation last.
+
+The heap itself is ``heapq`` (C) over small lists; removal by id marks the slot dead
+through the index and pops skip dead slots, compacting when they outnumber the live
+ones. That keeps the constant factors low enough for acquire to stay flat from 10
+to 10,000 connections.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from pool.types import Conn
+
+_COMPACT_MIN = 64
 
 
 @dataclass(slots=True, eq=False)
@@ -27,92 +37,73 @@ class Entry:
         return (self.bound, self.last_used)
 
 
+# A heap slot: [bound, last_used, seq, entry-or-None]; seq breaks ties so entries are never compared.
+_Slot = list[Any]
+
+
 class IndexedHeap:
     def __init__(self) -> None:
-        self._items: list[Entry] = []
-        self._pos: dict[str, int] = {}
+        self._heap: list[_Slot] = []
+        self._index: dict[str, _Slot] = {}
+        self._dead = 0
+        self._seq = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._index)
 
     def __contains__(self, conn_id: object) -> bool:
-        return conn_id in self._pos
+        return conn_id in self._index
 
     def get(self, conn_id: str) -> Entry | None:
-        index = self._pos.get(conn_id)
-        return None if index is None else self._items[index]
+        slot = self._index.get(conn_id)
+        return None if slot is None else slot[3]
 
     def entries(self) -> list[Entry]:
-        return list(self._items)
+        return [slot[3] for slot in self._index.values()]
 
     def push(self, entry: Entry) -> None:
-        self._items.append(entry)
-        self._pos[entry.conn_id] = len(self._items) - 1
-        self._sift_up(len(self._items) - 1)
+        slot: _Slot = [entry.bound, entry.last_used, next(self._seq), entry]
+        self._index[entry.conn_id] = slot
+        heapq.heappush(self._heap, slot)
 
     def peek(self) -> Entry | None:
-        return self._items[0] if self._items else None
+        heap = self._heap
+        while heap and heap[0][3] is None:
+            heapq.heappop(heap)
+            self._dead -= 1
+        return heap[0][3] if heap else None
 
     def pop(self) -> Entry | None:
-        if not self._items:
-            return None
-        return self._remove_at(0)
+        heap = self._heap
+        while heap:
+            slot = heapq.heappop(heap)
+            entry: Entry | None = slot[3]
+            if entry is None:
+                self._dead -= 1
+                continue
+            del self._index[entry.conn_id]
+            return entry
+        return None
 
     def remove(self, conn_id: str) -> Entry | None:
-        index = self._pos.get(conn_id)
-        if index is None:
+        slot = self._index.pop(conn_id, None)
+        if slot is None:
             return None
-        return self._remove_at(index)
-
-    def _remove_at(self, index: int) -> Entry:
-        items = self._items
-        entry = items[index]
-        last = items.pop()
-        del self._pos[entry.conn_id]
-        if index < len(items):
-            items[index] = last
-            self._pos[last.conn_id] = index
-            self._sift_down(index)
-            self._sift_up(index)
+        entry: Entry = slot[3]
+        slot[3] = None
+        self._dead += 1
+        if self._dead > _COMPACT_MIN and self._dead > len(self._index):
+            self._heap = [s for s in self._heap if s[3] is not None]
+            heapq.heapify(self._heap)
+            self._dead = 0
         return entry
-
-    def _swap(self, i: int, j: int) -> None:
-        items = self._items
-        items[i], items[j] = items[j], items[i]
-        self._pos[items[i].conn_id] = i
-        self._pos[items[j].conn_id] = j
-
-    def _sift_up(self, index: int) -> None:
-        items = self._items
-        while index > 0:
-            parent = (index - 1) >> 1
-            if items[index].key() < items[parent].key():
-                self._swap(index, parent)
-                index = parent
-            else:
-                return
-
-    def _sift_down(self, index: int) -> None:
-        items = self._items
-        size = len(items)
-        while True:
-            left = 2 * index + 1
-            smallest = index
-            if left < size and items[left].key() < items[smallest].key():
-                smallest = left
-            right = left + 1
-            if right < size and items[right].key() < items[smallest].key():
-                smallest = right
-            if smallest == index:
-                return
-            self._swap(index, smallest)
-            index = smallest
 
     def check(self) -> None:
         """Heap order and index agree (used by tests)."""
-        items = self._items
-        assert len(self._pos) == len(items)
-        for i, entry in enumerate(items):
-            assert self._pos[entry.conn_id] == i
-            if i:
-                assert items[(i - 1) >> 1].key() <= entry.key()
+        heap = self._heap
+        live = [s for s in heap if s[3] is not None]
+        assert len(live) == len(self._index) and len(heap) - len(live) == self._dead
+        for slot in live:
+            assert self._index[slot[3].conn_id] is slot
+        for i in range(1, len(heap)):
+            assert heap[(i - 1) >> 1][:3] <= heap[i][:3]

@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from normalizer.snapshot import RequestDecodeError, RequestSnapshot, decode_request, encode_request
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
@@ -43,6 +42,7 @@ from gateway.upstream.dialer import turn_headers
 from gateway.upstream.headers import forwarded_headers
 from gateway.upstream.ws import UpstreamError, UpstreamWS
 from normalizer import ContinuationState, Decision, PendingCall, normalize
+from normalizer.snapshot import RequestDecodeError, RequestSnapshot, decode_request, encode_request
 from pool import Lease
 from statestore import TurnBinding
 
@@ -288,6 +288,7 @@ class CtxPoolForwarder:
                 )
                 continue
             if action is Action.REPLAY:
+                attempts.replayed.add(failure)
                 expanded = self.transcript.expand(request)
                 if expanded is None:
                     expanded = request.with_previous_response_id(None)
@@ -545,7 +546,7 @@ class CtxPoolForwarder:
     async def _previous_not_found(self, sink: ClientSink, request: RequestSnapshot) -> None:
         """Ask the client for a full replay: Codex resends everything on a new socket."""
         self.transcript.invalidate()
-        prev = request.previous_response_id or ""
+        prev = request.previous_response_id or self.last_response_id or "unknown"
         await self._client_error(
             sink,
             400,

@@ -18,8 +18,9 @@ Scenario keys (all optional except ``steps``)::
     steps: [{"kind": "exec" | "resume", "prompt": str,
              "faults": [rule, ...],     added before this step
              "arm": {"when_in_flight": n, "faults": [rule, ...]}}]
-                                        added once the nth non-warm-up request is streaming
-    step_timeout_s: float               per Codex run (default 60)
+                                        added once >= n non-warm-up requests arrived
+                                        and the latest is still streaming
+    step_timeout_s: float               per Codex run (default 45)
     rust_log: str                       RUST_LOG for Codex (default shows retries, sockets)
 """
 
@@ -49,7 +50,7 @@ CODEX_BINARY = (
     / ".cache/codex/node_modules/@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex"
 )
 RUNS_DIR = REPO_ROOT / ".cache" / "codex-runs"
-SIM_DIRECT_KEY = "sk-sim-a"  # the simulator's own key, used when Codex talks to it directly
+SIM_ACCOUNT_KEY = "sk-sim-a"  # acct-a's key in tests.e2e.harness.gateway_config
 # --pid/--kill-child: the kernel kills whatever is left inside when the runner dies.
 # --mount-proc is required with --pid: with the host's /proc, the sandboxed
 # exec_command of Codex hangs (its tool call times out after 10 s with no output).
@@ -219,7 +220,7 @@ def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[Serv
         stack.callback(lambda: result.__setitem__("sim_output", sim.proc.output()))
         sim_url = f"http://127.0.0.1:{sim.port}"
         if scenario.get("mode", "gateway") == "direct":
-            yield Services(sim.base_url, SIM_DIRECT_KEY, sim_url)
+            yield Services(sim.base_url, SIM_ACCOUNT_KEY, sim_url)
             return
         cfg = gateway_config(sim.base_url, overrides=scenario.get("gateway_overrides") or {})
         gateway = stack.enter_context(run_gateway(cfg))
@@ -228,7 +229,8 @@ def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[Serv
 
 
 class FaultArmer(threading.Thread):
-    """Adds fault rules while Codex runs, once the Nth real request is in flight upstream.
+    """Adds fault rules while Codex runs: once n real requests arrived upstream and the
+    latest one is still streaming (so the rules hit the requests after it).
 
     Some faults must hit one specific response (e.g. close the socket right after the
     function-call response, not after the warm-up); the simulator's rules cannot say
@@ -249,11 +251,7 @@ class FaultArmer(threading.Thread):
         try:
             while not self.stop.is_set():
                 real = [r for r in control.log()["requests"] if r.get("generate") is not False]
-                if len(real) >= self.when_in_flight:
-                    target = real[self.when_in_flight - 1]
-                    if target["outcome"] != "in_flight":
-                        self.outcome = f"missed: request already {target['outcome']}"
-                        return
+                if len(real) >= self.when_in_flight and real[-1]["outcome"] == "in_flight":
                     for rule in self.rules:
                         control.add_fault(**rule)
                     self.outcome = "armed"
@@ -291,7 +289,7 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
             }
             for rule in scenario.get("faults") or []:
                 control.add_fault(**rule)
-            timeout_s = float(scenario.get("step_timeout_s", 60))
+            timeout_s = float(scenario.get("step_timeout_s", 45))
             for step in scenario["steps"]:
                 for rule in step.get("faults") or []:
                     control.add_fault(**rule)

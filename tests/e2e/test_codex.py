@@ -86,6 +86,11 @@ def ws_sockets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in result["sim_log"]["connections"] if c["handshake_status"] == 101]
 
 
+def tool_runs(result: dict[str, Any], step: int = -1) -> int:
+    """How many times Codex ran the scripted `echo ok` (it logs each exec on stderr)."""
+    return str(result["steps"][step]["stderr"]).count("-lc 'echo ok' in ")
+
+
 def assert_clean_success(result: dict[str, Any], step: int = -1, ws_connects: int = 1) -> str:
     """Codex exited 0, never retried nor fell back, opened ws_connects sockets; its stdout."""
     s = result["steps"][step]
@@ -108,7 +113,11 @@ def test_direct_text_turn(codex_binary: str) -> None:
     assert [r["generate"] for r in reqs] == [False, None]
     assert reqs[1]["previous_response_id"] == reqs[0]["response_id"]
     assert all(r["outcome"] == "completed" for r in reqs)
-    assert len(ws_sockets(result)) == 1
+    (socket,) = ws_sockets(result)
+    # What PROTOCOL.md §1.2 says Codex 0.169.0 sends on the upgrade.
+    assert socket["headers"]["openai-beta"] == "responses_websockets=2026-02-06"
+    assert socket["headers"]["session-id"] == socket["headers"]["thread-id"]
+    assert socket["headers"]["originator"] == "codex_exec"
     assert requests(result, "http") == []
 
 
@@ -116,11 +125,28 @@ def test_direct_tool_loop(codex_binary: str) -> None:
     result = run(codex_binary, mode="direct", steps=[{"prompt": f"run it {CALL}"}])
     stdout = assert_clean_success(result)
     assert "tool said:" in stdout
+    assert tool_runs(result) == 1, ch.describe(result)
     call, output = real(requests(result))
     assert output["previous_response_id"] == call["response_id"]
     assert item_types(output) == ["function_call_output"]
     assert "ok" in body(output)["input"][0]["output"]
     assert output["conn_id"] == call["conn_id"]
+
+
+def test_direct_http_tool_loop(codex_binary: str) -> None:
+    """Codex over plain HTTP (full history every time) against the simulator's SSE."""
+    result = run(
+        codex_binary,
+        mode="direct",
+        provider={"supports_websockets": False},
+        steps=[{"prompt": f"run it {CALL}"}],
+    )
+    assert "tool said:" in assert_clean_success(result, ws_connects=0)
+    assert tool_runs(result) == 1, ch.describe(result)
+    call, output = requests(result, "http")
+    assert call["previous_response_id"] is None and output["previous_response_id"] is None
+    assert item_types(output)[-2:] == ["function_call", "function_call_output"]
+    assert result["sim_log"]["connections"] == []
 
 
 def test_direct_resume_last(codex_binary: str) -> None:
@@ -183,7 +209,9 @@ def test_text_turn(codex_binary: str) -> None:
     reqs = requests(result)
     assert [r["generate"] for r in reqs] == [False, None]
     assert reqs[1]["previous_response_id"] == reqs[0]["response_id"]
-    assert len(ws_sockets(result)) == 1
+    (upstream,) = ws_sockets(result)
+    assert upstream["account_key"] == ch.SIM_ACCOUNT_KEY  # never the client's gateway key
+    assert upstream["headers"]["openai-beta"] == "responses_websockets=2026-02-06"
     assert requests(result, "http") == []
 
 
@@ -191,6 +219,7 @@ def test_tool_loop(codex_binary: str) -> None:
     """(b) the tool output goes back on the same upstream socket, chained."""
     result = run(codex_binary, steps=[{"prompt": f"run it {CALL}"}])
     assert "tool said:" in assert_clean_success(result)
+    assert tool_runs(result) == 1, ch.describe(result)
     call, output = real(requests(result))
     assert output["previous_response_id"] == call["response_id"]
     assert item_types(output) == ["function_call_output"]
@@ -226,6 +255,7 @@ def test_mode_off_gets_426_and_codex_uses_http(codex_binary: str) -> None:
         steps=[{"prompt": f"run it {CALL}"}],
     )
     assert "tool said:" in assert_clean_success(result, ws_connects=0)
+    assert tool_runs(result) == 1, ch.describe(result)
     assert result["sim_log"]["connections"] == []
     http = requests(result, "http")
     assert len(http) == 2  # the call and the tool output, each a full request
@@ -249,9 +279,9 @@ def test_socket_lost_between_call_and_output_is_invisible(codex_binary: str) -> 
     )
     assert result["steps"][0]["arm"] == "armed", ch.describe(result)
     assert "tool said:" in assert_clean_success(result)
-    call, *rest = real(requests(result))
+    assert tool_runs(result) == 1, ch.describe(result)
+    call, replay = real(requests(result))
     assert body(call)["store"] is False
-    replay = rest[-1]
     assert replay["outcome"] == "completed"
     assert replay["conn_id"] != call["conn_id"]
     assert replay["previous_response_id"] is None
@@ -262,28 +292,27 @@ def test_socket_lost_between_call_and_output_is_invisible(codex_binary: str) -> 
 
 
 def test_continuation_errors_never_reach_codex(codex_binary: str) -> None:
-    """(f) previous_response_not_found once and "No tool output found" once."""
+    """(f) previous_response_not_found once (on the prompt, chained from the warm-up)
+    and "No tool output found" once (on the tool output): Codex sees neither."""
     result = run(
         codex_binary,
+        faults=[{"kind": "previous_response_not_found"}],
         steps=[
             {
                 "prompt": f"run it {CALL} {SLOW}",
-                "arm": {
-                    "when_in_flight": 1,
-                    "faults": [
-                        {"kind": "previous_response_not_found"},
-                        {"kind": "tool_output_missing"},
-                    ],
-                },
+                "arm": {"when_in_flight": 1, "faults": [{"kind": "tool_output_missing"}]},
             }
         ],
     )
     assert result["steps"][0]["arm"] == "armed", ch.describe(result)
     stdout = assert_clean_success(result)
     assert "tool said:" in stdout
+    assert tool_runs(result) == 1, ch.describe(result)
     outcomes = [r["outcome"] for r in requests(result)]
-    assert "error:previous_response_not_found" in outcomes
-    assert any(o.startswith("error:No tool output found") for o in outcomes)
+    assert outcomes.count("error:previous_response_not_found") == 1, outcomes
+    assert len([o for o in outcomes if o.startswith("error:No tool output found")]) == 1, outcomes
     assert outcomes[-1] == "completed"
+    last = requests(result)[-1]
+    assert "function_call_output" in item_types(last)
     step = result["steps"][0]
-    assert "not found" not in step["stderr"] and "No tool output" not in step["stderr"]
+    assert "Previous response" not in step["stderr"] and "No tool output" not in step["stderr"]

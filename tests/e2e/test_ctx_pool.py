@@ -287,6 +287,7 @@ async def test_client_disconnect_mid_turn_is_drained_and_next_socket_continues(
     assert created["type"] == "response.created"
     first_id = created["response"]["id"]
     ws.transport.abort()
+    await ws.wait_closed()  # abort() only schedules the close on this loop
     sim.control.wait_for(
         lambda log: any(r["outcome"] == "completed" for r in log["requests"]), timeout=20
     )

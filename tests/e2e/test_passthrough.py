@@ -51,6 +51,27 @@ def _reset(sim: SimProcess) -> None:
     sim.control.reset()
 
 
+async def scrape(gateway: GatewayProcess) -> str:
+    async with httpx.AsyncClient(base_url=gateway.http_url) as client:
+        return (await client.get("/metrics")).text
+
+
+def _counter(metrics: str, name: str) -> float:
+    line = next(line for line in metrics.splitlines() if line.startswith(name + " "))
+    return float(line.split()[-1])
+
+
+async def wait_for_metric(gateway: GatewayProcess, line: str, timeout: float = 10.0) -> None:
+    """Poll /metrics until ``line`` appears (a deadline, not a sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while line not in (text := await scrape(gateway)):
+        name = line.split("{")[0].split(" ")[0]
+        seen = [m for m in text.splitlines() if m.startswith(name)]
+        assert loop.time() < deadline, f"{line!r} never appeared in /metrics: {seen}"
+        await asyncio.sleep(0.02)
+
+
 _IDS = re.compile(r'"(resp|msg|fc|call|rs)_[A-Za-z0-9]+"')
 _TIMES = re.compile(r'"created_at":\s*\d+')
 
@@ -97,6 +118,7 @@ async def test_upgrade_response_echoes_turn_state(gateway: GatewayProcess) -> No
 async def test_client_disconnect_mid_turn_drains_and_socket_is_reused(
     sim: SimProcess, gateway: GatewayProcess
 ) -> None:
+    drained_before = _counter(await scrape(gateway), "gateway_drained_turns_total")
     ws = await open_ws(gateway.ws_url, auth_headers())
     await ws.send(create("long answer [[sim deltas=200 delay_ms=2]]"))
     deltas = 0
@@ -105,6 +127,7 @@ async def test_client_disconnect_mid_turn_drains_and_socket_is_reused(
         deltas += event["type"] == "response.output_text.delta"
     # Vanish without a close frame, as Codex does when it exits (1006).
     ws.transport.abort()
+    await ws.wait_closed()  # abort() only schedules the close on this loop
 
     def drained(log: dict) -> bool:
         reqs = log["requests"]
@@ -115,6 +138,10 @@ async def test_client_disconnect_mid_turn_drains_and_socket_is_reused(
     log = sim.control.wait_for(drained, timeout=20)
     first = log["requests"][0]
     assert first["events_sent"] >= 200
+    # The gateway read to the terminal event, counted the drained turn, and closed the
+    # session (the gauge drops only after the upstream lease went back to the pool).
+    await wait_for_metric(gateway, f"gateway_drained_turns_total {drained_before + 1:.1f}")
+    await wait_for_metric(gateway, "gateway_client_sockets 0.0")
 
     # The next turn, from a new client socket, runs on the same healthy upstream socket.
     ws2 = await open_ws(gateway.ws_url, auth_headers())

@@ -389,21 +389,24 @@ class Simulator:
                 return
             if delay and index:
                 await asyncio.sleep(delay)
+            if index == len(events) - 1:
+                # The response is over once its terminal event is written: the socket's
+                # state must already say so when the client reads that event.
+                conn.last = StoredResponse(response_id, context, output)
+                if body.get("store") is True:
+                    st.persisted.setdefault(key, {})[response_id] = conn.last
+                conn.busy = False
             sent = await self._send(conn, event)
             if sent:
                 req["events_sent"] += 1
             else:
                 client_gone = True
                 break
-        stored = StoredResponse(response_id, context, output)
         if client_gone:
             req["outcome"] = "client_gone"
             return
         req["completed_delivered"] = True
         req["outcome"] = "completed"
-        conn.last = stored
-        if body.get("store") is True:
-            st.persisted.setdefault(key, {})[response_id] = stored
         after = st.take_fault("close_after_terminal", key)
         if after is not None:
             await conn.ws.close(int(after.get("code", 1001)))

@@ -130,15 +130,15 @@ def pairing_error(context: list[dict[str, Any]]) -> str | None:
 
 
 def answer_for(context: list[dict[str, Any]], new_items: list[dict[str, Any]]) -> Answer:
+    # The answer depends on the effective input (a full replay carries the whole history):
+    # when it ends with tool outputs, the model reads them instead of calling again.
     tail_outputs = []
-    for item in reversed(new_items):
+    for item in reversed(context):
         if item.get("type") in OUTPUT_TYPES:
             tail_outputs.append(item)
         else:
             break
-    if tail_outputs and not any(
-        i.get("type") == "message" and i.get("role") == "user" for i in new_items
-    ):
+    if tail_outputs:
         said = " ".join(str(o.get("output", "")) for o in reversed(tail_outputs))
         text = f"tool said: {said}"
         return Answer(text=text, deltas=[text])
