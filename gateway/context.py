@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.auth import ClientDirectory
 from gateway.config import Account, Config
+from gateway.logs import PayloadSampler
 from gateway.resolver import Resolution, resolve
 from gateway.session import SessionRegistry
 from gateway.telemetry import Metrics, StoreMetricsHooks
@@ -62,6 +63,9 @@ class GatewayContext:
         self.instance_id = cfg.server.instance_id
         self.metrics = Metrics()
         self.tracing = Tracing(cfg.telemetry, self.instance_id, exporter=span_exporter)
+        self.payload_sampler = PayloadSampler(
+            cfg.telemetry.log_payload_sample_rate, cfg.telemetry.log_payload_max_bytes
+        )
         self.directory = ClientDirectory(cfg.clients)
         self.accounts: dict[str, Account] = {a.id: a for a in cfg.accounts}
         self.groups: dict[str, list[Account]] = defaultdict(list)

@@ -91,6 +91,9 @@ class AccountPool:
     def size(self) -> int:
         return len(self._all) + self._dialing
 
+    def idle_conns(self) -> list[Conn]:
+        return [entry.conn for entry in self._idle.entries()]
+
     def has_idle(self, conn_id: str) -> bool:
         return conn_id in self._idle
 

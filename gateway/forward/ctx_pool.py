@@ -283,6 +283,8 @@ class CtxPoolForwarder:
                 assert cont.session_last is not None
                 metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
                 request = request.with_previous_response_id(cont.session_last)
+                # Pending calls of the aligned-to response are unknown until looked up.
+                cont = _Continuation(cont.session_last, cont.account_id, None, None, cont.session_last)
                 cont = _Continuation(
                     cont.session_last, cont.account_id, None, None, cont.session_last
                 )
@@ -368,6 +370,17 @@ class CtxPoolForwarder:
             self.facts.normalizer_state = decision.state.value
             self.facts.normalizer_reason = decision.reason.value
             payload = encode_request(sent)
+            sampler = ctx.payload_sampler
+            if sampler.sample():  # only a sampled payload is ever rendered for a log
+                log.info(
+                    "upstream request payload",
+                    extra={
+                        "event": "payload_sample",
+                        "account_id": account.id,
+                        "bytes": len(payload),
+                        "payload": sampler.render(payload),
+                    },
+                )
             tracker = TurnTracker()
             self.facts.tracker = tracker
             try:
@@ -400,9 +413,10 @@ class CtxPoolForwarder:
             await self._finish(sent, tracker, account, lease, sink)
             return tracker.outcome.value if tracker.outcome else "unknown"
         finally:
-            lease.release(
-                broken=broken or conn.closed, bound=(not broken and request.store is not True)
-            )
+            broken = broken or conn.closed
+            if not broken:
+                conn.watch_idle()  # notice an upstream close while the socket sits in the pool
+            lease.release(broken=broken, bound=(not broken and request.store is not True))
 
     def _prepare(
         self, request: RequestSnapshot, cont: _Continuation, lease: Lease

@@ -1,0 +1,271 @@
+"""Observability (R-23, R-24, R-25): spans per turn, metrics that move, a log budget.
+
+The gateway runs in-process under a real uvicorn server (so the test owns its
+in-memory span exporter), the upstream simulator as a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+import uvicorn
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway.app import build_app
+from gateway.config import Config
+from tests.e2e.client import (
+    create,
+    function_calls,
+    open_ws,
+    response_id,
+    terminal,
+    turn,
+    user_message,
+)
+from tests.e2e.harness import SimProcess, auth_headers, gateway_config, run_sim
+from tests.support import free_port
+
+CALL = '[[sim call exec_command {"cmd":"echo ok"}]]'
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    with run_sim() as s:
+        yield s
+
+
+@pytest.fixture(autouse=True)
+def _reset(sim: SimProcess) -> None:
+    sim.control.reset()
+
+
+class InProcessGateway:
+    def __init__(self, app: Any, port: int, exporter: InMemorySpanExporter) -> None:
+        self.app = app
+        self.port = port
+        self.exporter = exporter
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/responses"
+
+    @property
+    def ctx(self) -> Any:
+        return self.app.state.gateway.ctx
+
+    async def metrics(self) -> str:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}") as client:
+            return (await client.get("/metrics")).text
+
+
+@asynccontextmanager
+async def serve(sim: SimProcess, **overrides: dict[str, object]) -> AsyncIterator[InProcessGateway]:
+    doc = gateway_config(sim.base_url, overrides={"telemetry": {"log_format": "text"}, **overrides})
+    from tests.support import toml_dumps
+
+    cfg = msgspec.toml.decode(toml_dumps(doc), type=Config)
+    exporter = InMemorySpanExporter()
+    app = build_app(cfg, span_exporter=exporter)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", log_config=None, ws="websockets-sansio"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "in-process gateway failed to start"
+        await asyncio.sleep(0.01)
+    try:
+        yield InProcessGateway(app, port, exporter)
+    finally:
+        server.should_exit = True
+        await task
+
+
+def spans_by_trace(exporter: InMemorySpanExporter) -> list[tuple[Any, list[str]]]:
+    """Each turn span with the names of its descendants."""
+    spans = exporter.get_finished_spans()
+    turns = [s for s in spans if s.name == "chat"]
+    out = []
+    for root in turns:
+        children = [
+            s.name for s in spans if s.context.trace_id == root.context.trace_id and s is not root
+        ]
+        out.append((root, children))
+    return out
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
+def value(metrics: str, series: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_normal_turn_has_one_span_with_genai_attributes_and_children(sim: SimProcess) -> None:
+    async with serve(sim) as gw:
+        ws = await open_ws(
+            gw.ws_url,
+            auth_headers(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        )
+        try:
+            events = await turn(ws, create("hello [[sim deltas=4]]"))
+        finally:
+            await ws.close()
+    [(span, children)] = spans_by_trace(gw.exporter)
+    attrs = dict(span.attributes or {})
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == "gpt-test"
+    assert attrs["gen_ai.response.id"] == response_id(events)
+    assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
+    assert attrs["gateway.account"] == "acct-a" and attrs["gateway.mode"] == "ctx_pool"
+    assert attrs["gateway.conn_reused"] is False and attrs["gateway.retries"] == 0
+    assert (
+        attrs["gateway.normalizer.state"] == "consistent"
+        and attrs["gateway.outcome"] == "completed"
+    )
+    assert attrs["gateway.ttft_ms"] >= 0
+    for name in (
+        "statestore.lookup",
+        "pool.acquire",
+        "upstream.dial",
+        "upstream.write",
+        "upstream.first_byte",
+        "statestore.bind",
+    ):
+        assert name in children
+    # the incoming traceparent is the parent of the turn
+    assert format(span.context.trace_id, "032x") == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_recovered_turn_span_names_the_recovery(sim: SimProcess) -> None:
+    async with serve(sim) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers())
+        try:
+            first = await turn(ws, create("remember 7"))
+            sim.control.add_fault(kind="previous_response_not_found")
+            second = await turn(
+                ws, create(previous_response_id=response_id(first), items=[user_message("which?")])
+            )
+        finally:
+            await ws.close()
+    assert terminal(second)["type"] == "response.completed"
+    turns = spans_by_trace(gw.exporter)
+    assert len(turns) == 2
+    span, children = turns[1]
+    attrs = dict(span.attributes or {})
+    assert attrs["gateway.recovery"] == "replay_full_transcript"
+    assert attrs["gateway.outcome"] == "completed"
+    assert children.count("upstream.write") == 2  # the failed attempt and the replay
+
+
+async def test_fallback_turn_span_has_http_child(sim: SimProcess) -> None:
+    sim.control.add_fault(kind="close_after_events", after_events=0, code=1008)
+    async with serve(sim) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers())
+        try:
+            events = await turn(ws, create("policy"))
+        finally:
+            await ws.close()
+    assert terminal(events)["type"] == "response.completed"
+    [(span, children)] = spans_by_trace(gw.exporter)
+    attrs = dict(span.attributes or {})
+    assert attrs["gateway.fallback"] == "closed_policy"
+    assert attrs["gateway.outcome"] == "http_completed"
+    assert "upstream.http" in children
+
+
+async def test_metrics_move_by_the_right_amount(sim: SimProcess) -> None:
+    async with serve(sim) as gw:
+        before = await gw.metrics()
+        ws = await open_ws(gw.ws_url, auth_headers())
+        try:
+            first = await turn(ws, create(f"tool please {CALL}"))
+            call_id = function_calls(first)[0]["call_id"]
+            second = await turn(
+                ws, create(previous_response_id=response_id(first), items=[user_message("skip")])
+            )
+            sim.control.add_fault(kind="handshake_status", status=503)
+            assert sim.control.drop_connections() == 1
+            await until(lambda: all(c.closed for c in gw.ctx.pools.pool("acct-a").idle_conns()))
+            third = await turn(
+                ws, create(previous_response_id=response_id(second), items=[user_message("again")])
+            )
+        finally:
+            await ws.close()
+        after = await gw.metrics()
+    assert call_id and terminal(third)["type"] == "response.completed"
+    events = len(first) + len(second) + len(third)
+
+    def delta(series: str) -> float:
+        return value(after, series) - value(before, series)
+
+    assert delta('gateway_turns_total{mode="ctx_pool",outcome="completed"}') == 3
+    assert delta('gateway_relayed_events_total{mode="ctx_pool"}') == events
+    assert delta('gateway_ttft_seconds_count{mode="ctx_pool"}') == 3
+    assert delta('gateway_added_latency_seconds_count{mode="ctx_pool"}') == events
+    assert (
+        delta(
+            'gateway_normalizer_decisions_total{reason="injected_aborted_outputs",state="repaired"}'
+        )
+        == 1
+    )
+    assert delta('gateway_retry_attempts_total{reason="handshake_5xx"}') == 1
+    assert (
+        delta('gateway_recoveries_total{reason="socket_state_lost_replay",result="attempted"}') == 1
+    )
+    assert delta('gateway_pool_acquires_total{account="acct-a",kind="dialed"}') == 2
+    assert delta('gateway_pool_acquires_total{account="acct-a",kind="reused"}') == 1
+    assert value(after, 'gateway_pool_connections{account="acct-a",state="leased"}') == 0
+    assert value(after, "gateway_retry_exhausted_total") == 0
+
+
+async def test_payload_logging_is_sampled_and_truncated(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve(sim, telemetry={"log_payload_sample_rate": 0.0, "log_format": "text"}) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers())
+        try:
+            await turn(ws, create("x" * 1_000_000))
+        finally:
+            await ws.close()
+        assert gw.ctx.payload_sampler.serialized == 0  # nothing rendered when nothing is logged
+    async with serve(
+        sim,
+        telemetry={
+            "log_payload_sample_rate": 1.0,
+            "log_payload_max_bytes": 512,
+            "log_format": "text",
+        },
+    ) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers())
+        with caplog.at_level(logging.INFO, logger="gateway.ctx_pool"):
+            try:
+                await turn(ws, create("y" * 1_000_000))
+            finally:
+                await ws.close()
+        assert gw.ctx.payload_sampler.serialized == 1
+    record = next(r for r in caplog.records if getattr(r, "event", "") == "payload_sample")
+    payload: str = record.payload  # type: ignore[attr-defined]
+    assert record.bytes > 1_000_000  # type: ignore[attr-defined]
+    assert payload.startswith(
+        '{"type": "response.create"'
+    )  # the client's own bytes and len(payload.split("...[truncated")[0]) == 512
+    assert json.dumps("y" * 600) not in payload
