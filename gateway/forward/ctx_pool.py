@@ -283,8 +283,6 @@ class CtxPoolForwarder:
                 assert cont.session_last is not None
                 metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
                 request = request.with_previous_response_id(cont.session_last)
-                # Pending calls of the aligned-to response are unknown until looked up.
-                cont = _Continuation(cont.session_last, cont.account_id, None, None, cont.session_last)
                 cont = _Continuation(
                     cont.session_last, cont.account_id, None, None, cont.session_last
                 )
