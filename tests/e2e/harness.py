@@ -50,6 +50,7 @@ def gateway_config(
     overrides: dict[str, dict[str, object]] | None = None,
     statestore_url: str = "memory://",
     instance_id: str = "gw-test",
+    max_conns: int = 128,
 ) -> dict[str, object]:
     doc: dict[str, object] = {
         "server": {"instance_id": instance_id, "first_message_timeout_s": 60.0},
@@ -61,6 +62,7 @@ def gateway_config(
                 "auth": "apikey",
                 "api_key": SIM_KEYS[i],
                 "base_url": sim_base_url,
+                "max_conns": max_conns,
             }
             for i in range(accounts)
         ],

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class SimState:
     requests: list[dict[str, Any]] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
     seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    rng: random.Random = field(default_factory=lambda: random.Random(1234))
 
     def take_fault(self, kind: str, account_key: str, **match: Any) -> dict[str, Any] | None:
         for rule in self.faults:
@@ -77,6 +79,8 @@ class SimState:
                 continue
             if any(rule.get(k) not in (None, v) for k, v in match.items()):
                 continue
+            if "probability" in rule and self.rng.random() >= float(rule["probability"]):
+                continue  # a random fault rule that did not fire this time
             rule["times"] = rule.get("times", 1) - 1
             return rule
         return None

@@ -16,7 +16,8 @@
     sim.drop_connections(idle_only=True)               # close idle upstream sockets (1001)
     sim.wait_for(lambda log: len(log["requests"]) == 2, timeout=10)
 
-Every rule may carry ``account_key`` (match one account) and ``times`` (default 1).
+Every rule may carry ``account_key`` (match one account), ``times`` (default 1) and
+``probability`` (fire on that fraction of the matching occasions; seeded, repeatable).
 """
 
 from __future__ import annotations
