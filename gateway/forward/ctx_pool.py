@@ -486,12 +486,18 @@ class CtxPoolForwarder:
         if conn_id is not None:
             ctx.conn_remember(conn_id, response_id)
         self.transcript.record(sent, tracker.output, response_id)
+        await self._remember(response_id, tracker, account, conn_id)
+
+    async def _remember(
+        self, response_id: str, tracker: TurnTracker, account: Account, conn_id: str | None
+    ) -> None:
+        """The socket's continuation state, then the shared binding in one round trip."""
         self.last_response_id = response_id
         self.last_account_id = account.id
         self.last_conn_id = conn_id
         self.last_pending = dict(tracker.pending)
-        with ctx.tracing.child("statestore.bind"):
-            await ctx.store.bind_turn(
+        with self.ctx.tracing.child("statestore.bind"):
+            await self.ctx.store.bind_turn(
                 TurnBinding(
                     group=self.group,
                     account_id=account.id,
@@ -538,22 +544,8 @@ class CtxPoolForwarder:
         return "http_" + (tracker.outcome.value if tracker.outcome else "unknown")
 
     async def _finish_http(self, tracker: TurnTracker, account: Account, sink: ClientSink) -> None:
-        if not tracker.response_id:
-            return
-        self.last_response_id = tracker.response_id
-        self.last_account_id = account.id
-        self.last_conn_id = None
-        self.last_pending = dict(tracker.pending)
-        await self.ctx.store.bind_turn(
-            TurnBinding(
-                group=self.group,
-                account_id=account.id,
-                response_id=tracker.response_id,
-                session_key=self.session_key,
-                pending_calls=dict(tracker.pending),
-                turn_state=self.turn_state,
-            )
-        )
+        if tracker.response_id:
+            await self._remember(tracker.response_id, tracker, account, None)
 
     async def _previous_not_found(self, sink: ClientSink, request: RequestSnapshot) -> None:
         """Ask the client for a full replay: Codex resends everything on a new socket."""
