@@ -44,14 +44,14 @@ def scenarios(quick: bool) -> list[Scenario]:
             Scenario("toolloop-c10", 10, 10, 'tool [[sim call exec_command {"cmd":"echo ok"}]]'),
             Scenario("stream200-c100", 100, 2, "stream [[sim deltas=200]]"),
             Scenario("20KB-c10", 10, 10, "big [[sim deltas=10 delta_bytes=20000]]"),
-            Scenario("paced-c200", 200, 1, "paced [[sim deltas=30 delay_ms=100]]"),
+            Scenario("paced-c200", 200, 1, "paced [[sim deltas=30 delay_ms=100]]", warm=True),
         ]
     return [
         Scenario("text-c1", 1, 400, "short [[sim deltas=20]]"),
         Scenario("toolloop-c10", 10, 40, 'tool [[sim call exec_command {"cmd":"echo ok"}]]'),
         Scenario("stream200-c100", 100, 5, "stream [[sim deltas=200]]"),
         Scenario("20KB-c10", 10, 40, "big [[sim deltas=10 delta_bytes=20000]]"),
-        Scenario("paced-c1000", 1000, 1, "paced [[sim deltas=30 delay_ms=100]]"),
+        Scenario("paced-c1000", 1000, 1, "paced [[sim deltas=30 delay_ms=100]]", warm=True),
     ]
 
 

@@ -18,6 +18,7 @@ class Scenario:
     concurrency: int
     turns: int
     prompt: str
+    warm: bool = False  # one unrecorded turn per socket, then all start together
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -27,13 +28,27 @@ def pin(pid: int, cpu: int) -> None:
 
 
 async def _client(
-    url: str, headers: dict[str, str], turns: int, prompt: str, out: dict[str, Any]
+    url: str,
+    headers: dict[str, str],
+    turns: int,
+    prompt: str,
+    out: dict[str, Any],
+    barrier: asyncio.Barrier | None,
 ) -> None:
     from websockets.asyncio.client import connect
 
     async with connect(
         url, additional_headers=headers, max_size=None, ping_interval=None, open_timeout=30
     ) as ws:
+        if barrier is not None:
+            scratch: dict[str, Any] = {"lat": [], "ttft": [], "events": 0, "turns": 0, "errors": 0}
+            await _turns(ws, 1, "warm [[sim deltas=1]]", scratch)
+            await barrier.wait()
+        await _turns(ws, turns, prompt, out)
+
+
+async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any]) -> None:
+    if turns:
         for _ in range(turns):
             payload = json.dumps(
                 {
@@ -94,12 +109,13 @@ async def _client(
 
 
 async def _load(
-    url: str, headers: dict[str, str], concurrency: int, turns: int, prompt: str
+    url: str, headers: dict[str, str], concurrency: int, turns: int, prompt: str, warm: bool
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"lat": [], "ttft": [], "events": 0, "turns": 0, "errors": 0}
+    barrier = asyncio.Barrier(concurrency) if warm else None
     started = time.perf_counter()
     results = await asyncio.gather(
-        *(_client(url, headers, turns, prompt, out) for _ in range(concurrency)),
+        *(_client(url, headers, turns, prompt, out, barrier) for _ in range(concurrency)),
         return_exceptions=True,
     )
     out["elapsed"] = time.perf_counter() - started
@@ -107,7 +123,7 @@ async def _load(
     return out
 
 
-def _load_process(args: tuple[str, dict[str, str], int, int, str], queue: Any) -> None:
+def _load_process(args: tuple[str, dict[str, str], int, int, str, bool], queue: Any) -> None:
     pin(0, 1)
     import uvloop
 
@@ -118,7 +134,8 @@ def run_load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(
-        target=_load_process, args=((url, headers, sc.concurrency, sc.turns, sc.prompt), queue)
+        target=_load_process,
+        args=((url, headers, sc.concurrency, sc.turns, sc.prompt, sc.warm), queue),
     )
     proc.start()
     deadline = time.monotonic() + 900
