@@ -20,6 +20,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 from contextlib import ExitStack
@@ -314,6 +315,8 @@ def main() -> None:
     group.add_argument("--quick", action="store_true")
     group.add_argument("--full", action="store_true")
     args = parser.parse_args()
+    # SIGTERM (e.g. from `timeout`) unwinds the ExitStack so no child process is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     data = run(quick=not args.full)
     data["machine"] = machine()
     data["date"] = datetime.date.today().isoformat()

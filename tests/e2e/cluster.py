@@ -97,6 +97,9 @@ def run_cluster(
         conf = os.path.join(workdir, "nginx.conf")
         with open(conf, "w") as fh:
             fh.write(render(port, workdir, [f"127.0.0.1:{gw.port}" for gw in gateways]))
+        # As root nginx would switch workers to `nobody`, which a user namespace (the Codex
+        # tests run in one) does not map: keep the workers as the current user.
+        directives = "daemon off;" + (" user root root;" if os.geteuid() == 0 else "")
         nginx = ManagedProcess(
             [
                 nginx_bin,
@@ -107,7 +110,7 @@ def run_cluster(
                 "-e",
                 os.path.join(workdir, "error.log"),
                 "-g",
-                "daemon off;",
+                directives,
             ]
         ).start(wait_port=port)
         stack.callback(nginx.stop)

@@ -208,6 +208,7 @@ class Services:
     codex_base_url: str
     codex_key: str
     sim_url: str
+    cluster: Any = None  # tests.e2e.cluster.Cluster in "cluster" mode
 
 
 @contextmanager
@@ -221,6 +222,12 @@ def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[Serv
         sim_url = f"http://127.0.0.1:{sim.port}"
         if scenario.get("mode", "gateway") == "direct":
             yield Services(sim.base_url, SIM_ACCOUNT_KEY, sim_url)
+            return
+        if scenario.get("mode") == "cluster":
+            from tests.e2e.cluster import run_cluster
+
+            cluster = stack.enter_context(run_cluster(sim.base_url, instances=2, accounts=1))
+            yield Services(f"{cluster.nginx_url}/v1", CLIENT_KEY, sim_url, cluster)
             return
         cfg = gateway_config(sim.base_url, overrides=scenario.get("gateway_overrides") or {})
         gateway = stack.enter_context(run_gateway(cfg))
@@ -259,6 +266,32 @@ class FaultArmer(threading.Thread):
                 self.stop.wait(0.01)
         finally:
             control.close()
+
+
+def _turns_served(http_url: str) -> float:
+    import httpx
+
+    text = httpx.get(http_url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gateway_turns_total{")
+    )
+
+
+def _drain_serving_instance(cluster: Any) -> str:
+    """SIGTERM the instance that served the conversation so far; wait for it to exit."""
+    import signal as _signal
+
+    served = {
+        name: _turns_served(gw.http_url)
+        for name, gw in zip(cluster.instance_ids, cluster.instances, strict=True)
+    }
+    name = max(served, key=lambda n: served[n])
+    gw = cluster.instances[cluster.index_of(name)]
+    gw.proc.signal(_signal.SIGTERM)
+    gw.proc.proc.wait(timeout=30)
+    return str(name)
 
 
 def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +341,16 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
                     armer.join(timeout=5)
                     outcome["arm"] = armer.outcome
                 result["steps"].append(outcome)
+                if step.get("then_drain_serving_instance") and services.cluster is not None:
+                    result["drained_instance"] = _drain_serving_instance(services.cluster)
+            if services.cluster is not None:
+                result["instance_turns"] = {
+                    name: _turns_served(gw.http_url)
+                    for name, gw in zip(
+                        services.cluster.instance_ids, services.cluster.instances, strict=True
+                    )
+                    if gw.proc.proc is not None and gw.proc.proc.poll() is None
+                }
             result["sim_log"] = control.log()
             control.close()
     except Exception:

@@ -316,3 +316,26 @@ def test_continuation_errors_never_reach_codex(codex_binary: str) -> None:
     assert "function_call_output" in item_types(last)
     step = result["steps"][0]
     assert "Previous response" not in step["stderr"] and "No tool output" not in step["stderr"]
+
+
+def test_resume_lands_on_the_other_instance_behind_nginx(codex_binary: str) -> None:
+    """(g) Two instances behind the shipped nginx config with Redis: after the first
+    process's turn, the instance that served it is drained (SIGTERM, as in a rolling
+    deploy); `resume --last` from a new process lands on the other one and completes."""
+    result = run(
+        codex_binary,
+        mode="cluster",
+        steps=[
+            {"prompt": "remember the word heron", "then_drain_serving_instance": True},
+            {"kind": "resume", "prompt": "which word did I say?"},
+        ],
+    )
+    assert_clean_success(result, 0)
+    assert "sim-answer: which word did I say?" in assert_clean_success(result, 1)
+    drained = result["drained_instance"]
+    survivors = result["instance_turns"]
+    assert drained not in survivors and len(survivors) == 1
+    (other_turns,) = survivors.values()
+    assert other_turns >= 2  # the resumed warm-up and turn were served by the other instance
+    resumed = requests(result, step=1)
+    assert "remember the word heron" in "".join(r["raw"] for r in resumed)
