@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.e2e.harness import SimProcess, run_sim
 from tests.support import RedisServer, unique_prefix
 
 
@@ -20,3 +21,10 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def key_prefix() -> str:
     return unique_prefix("gwtest")
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimProcess]:
+    """The upstream simulator as a real process, one per test module."""
+    with run_sim() as s:
+        yield s

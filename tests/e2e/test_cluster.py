@@ -23,17 +23,11 @@ from tests.e2e.client import (
     user_message,
 )
 from tests.e2e.cluster import Cluster, run_cluster
-from tests.e2e.harness import SimProcess, auth_headers, run_sim
+from tests.e2e.harness import SimProcess, auth_headers
 from tests.support import unique_prefix
 
 pytestmark = pytest.mark.e2e
 CALL = '[[sim call exec_command {"cmd":"echo ok"}]]'
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with run_sim() as s:
-        yield s
 
 
 @pytest.fixture

@@ -25,19 +25,12 @@ from tests.e2e.harness import (
     auth_headers,
     gateway_config,
     run_gateway,
-    run_sim,
 )
 from tests.support import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.e2e
 
 CALL = '[[sim call exec_command {"cmd":"echo ok"}]]'
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with run_sim() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Iterator
 
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.e2e.client import create, open_ws
-from tests.e2e.harness import SimProcess, auth_headers, gateway_config, run_gateway, run_sim
+from tests.e2e.harness import SimProcess, auth_headers, gateway_config, run_gateway
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with run_sim() as s:
-        yield s
 
 
 @pytest.mark.parametrize("mode", ["ctx_pool", "passthrough"])

@@ -19,18 +19,11 @@ from tests.e2e.harness import (
     auth_headers,
     gateway_config,
     run_gateway,
-    run_sim,
 )
 
 pytestmark = pytest.mark.e2e
 
 SMALL_LIMIT = 256 * 1024
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with run_sim() as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -30,16 +30,10 @@ from tests.e2e.client import (
     turn,
     user_message,
 )
-from tests.e2e.harness import SimProcess, auth_headers, gateway_config, run_sim
+from tests.e2e.harness import SimProcess, auth_headers, gateway_config
 from tests.support import free_port
 
 CALL = '[[sim call exec_command {"cmd":"echo ok"}]]'
-
-
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimProcess]:
-    with run_sim() as s:
-        yield s
 
 
 @pytest.fixture(autouse=True)
