@@ -48,64 +48,63 @@ async def _client(
 
 
 async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any]) -> None:
-    if turns:
-        for _ in range(turns):
-            payload = json.dumps(
-                {
-                    "type": "response.create",
-                    "model": "bench",
-                    "store": False,
-                    "input": [
+    for _ in range(turns):
+        payload = json.dumps(
+            {
+                "type": "response.create",
+                "model": "bench",
+                "store": False,
+                "input": [
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": prompt}],
+                    }
+                ],
+            }
+        )
+        sent = time.time_ns()
+        await ws.send(payload)
+        first = True
+        while True:
+            frame = await ws.recv()
+            now = time.time_ns()
+            stamp = frame.find('"sim_t_ns":')
+            if stamp > 0:
+                end = frame.find("}", stamp)  # the simulator appends sim_t_ns last
+                out["lat"].append(now - int(frame[stamp + 11 : end]))
+            if first:
+                out["ttft"].append(now - sent)
+                first = False
+            out["events"] += 1
+            if '"type":"response.completed"' in frame[:40]:
+                out["turns"] += 1
+                if '"type":"function_call"' in frame:  # continue the tool loop once
+                    done = json.loads(frame)["response"]
+                    call = next(i for i in done["output"] if i["type"] == "function_call")
+                    payload = json.dumps(
                         {
-                            "type": "message",
-                            "role": "user",
-                            "content": [{"type": "input_text", "text": prompt}],
+                            "type": "response.create",
+                            "model": "bench",
+                            "store": False,
+                            "previous_response_id": done["id"],
+                            "input": [
+                                {
+                                    "type": "function_call_output",
+                                    "call_id": call["call_id"],
+                                    "output": "ok",
+                                }
+                            ],
                         }
-                    ],
-                }
-            )
-            sent = time.time_ns()
-            await ws.send(payload)
-            first = True
-            while True:
-                frame = await ws.recv()
-                now = time.time_ns()
-                stamp = frame.find('"sim_t_ns":')
-                if stamp > 0:
-                    end = frame.find("}", stamp)  # the simulator appends sim_t_ns last
-                    out["lat"].append(now - int(frame[stamp + 11 : end]))
-                if first:
-                    out["ttft"].append(now - sent)
-                    first = False
-                out["events"] += 1
-                if '"type":"response.completed"' in frame[:40]:
-                    out["turns"] += 1
-                    if '"type":"function_call"' in frame:  # continue the tool loop once
-                        done = json.loads(frame)["response"]
-                        call = next(i for i in done["output"] if i["type"] == "function_call")
-                        payload = json.dumps(
-                            {
-                                "type": "response.create",
-                                "model": "bench",
-                                "store": False,
-                                "previous_response_id": done["id"],
-                                "input": [
-                                    {
-                                        "type": "function_call_output",
-                                        "call_id": call["call_id"],
-                                        "output": "ok",
-                                    }
-                                ],
-                            }
-                        )
-                        sent = time.time_ns()
-                        await ws.send(payload)
-                        first = True
-                        continue
-                    break
-                if frame.startswith('{"type":"error"'):
-                    out["errors"] += 1
-                    break
+                    )
+                    sent = time.time_ns()
+                    await ws.send(payload)
+                    first = True
+                    continue
+                break
+            if frame.startswith('{"type":"error"'):
+                out["errors"] += 1
+                break
 
 
 async def _load(
