@@ -59,3 +59,26 @@ async def test_sigterm_lets_the_turn_in_flight_finish(sim: SimProcess, mode: str
         assert busy_closed.value.rcvd is not None and busy_closed.value.rcvd.code == 1012
         assert gw.proc.proc is not None
         assert await asyncio.to_thread(gw.proc.proc.wait, 15) == 0
+
+
+async def test_sigterm_with_workers_drains_each_worker(sim: SimProcess) -> None:
+    cfg = gateway_config(sim.base_url, overrides={"server": {"drain_timeout_s": 20.0}})
+    with run_gateway(cfg, workers=2) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers())
+        await ws.send(create("long [[sim deltas=150 delay_ms=5]]"))
+        assert json.loads(await ws.recv())["type"] == "response.created"
+        gw.proc.signal(signal.SIGTERM)  # the supervisor passes it on to its workers
+        deltas = 0
+        async with asyncio.timeout(20):
+            while True:
+                event = json.loads(await ws.recv())
+                deltas += event["type"] == "response.output_text.delta"
+                if event["type"] == "response.completed":
+                    break
+        assert deltas == 150
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert gw.proc.proc is not None
+        assert await asyncio.to_thread(gw.proc.proc.wait, 20) == 0
