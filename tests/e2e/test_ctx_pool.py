@@ -377,3 +377,84 @@ async def test_second_instance_continues_with_same_account_and_pending_call(
     assert {"type": "function_call_output", "call_id": call_id, "output": "aborted"} in sent[
         "input"
     ]
+
+
+@pytest.fixture
+def impatient_gateway(sim: SimProcess) -> Iterator[GatewayProcess]:
+    """A short read timeout so a silent (half-open) upstream is detected quickly."""
+    with run_gateway(
+        gateway_config(sim.base_url, overrides={"openai_ws": {"read_timeout_s": 1.0}})
+    ) as gw:
+        yield gw
+
+
+async def test_error_event_mid_stream_reaches_client_and_socket_stays_usable(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
+    sim.control.add_fault(
+        kind="error_event", after_events=3, status=500, code="server_error", message="boom"
+    )
+    ws = await open_ws(gateway.ws_url, auth_headers())
+    try:
+        events = await turn(ws, create("will break [[sim deltas=10]]"))
+        # Events already reached the client: no silent retry, the upstream's error is relayed.
+        assert [e["type"] for e in events][:3] == [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+        ]
+        assert (
+            terminal(events)["type"] == "error"
+            and terminal(events)["error"]["code"] == "server_error"
+        )
+        assert terminal(await turn(ws, create("next one")))["type"] == "response.completed"
+    finally:
+        await ws.close()
+
+
+async def test_silent_upstream_is_cut_off_and_socket_stays_usable(
+    sim: SimProcess, impatient_gateway: GatewayProcess
+) -> None:
+    sim.control.add_fault(kind="silence", after_events=2)
+    ws = await open_ws(impatient_gateway.ws_url, auth_headers())
+    try:
+        events = await turn(ws, create("half-open"), timeout=15)
+        assert terminal(events)["type"] == "error"
+        assert terminal(events)["error"]["code"] == "upstream_stream_interrupted"
+        assert (
+            terminal(await turn(ws, create("fresh socket please")))["type"] == "response.completed"
+        )
+    finally:
+        await ws.close()
+    conns = {r["conn_id"] for r in sim.control.log()["requests"]}
+    assert len(conns) == 2  # the silent socket was retired, not reused
+
+
+async def test_connection_age_limit_is_retried_on_a_new_socket(
+    sim: SimProcess, gateway: GatewayProcess
+) -> None:
+    ws = await open_ws(gateway.ws_url, auth_headers())
+    try:
+        assert terminal(await turn(ws, create("first")))["type"] == "response.completed"
+        sim.control.add_fault(kind="max_conn_age_s", age_s=0.5)
+        # Let the pooled socket outlive the (scaled-down) 60-minute cap; a fresh one is younger.
+        await asyncio.sleep(0.6)
+        events = await turn(ws, create("second"))
+    finally:
+        await ws.close()
+    log = sim.control.log()
+    outcomes = [r["outcome"] for r in log["requests"]]
+    assert "error:websocket_connection_limit_reached" in outcomes
+    assert terminal(events)["type"] == "response.completed"
+    assert all(e["type"] != "error" for e in events)
+
+
+async def test_first_byte_delay_still_completes(sim: SimProcess, gateway: GatewayProcess) -> None:
+    sim.control.add_fault(kind="first_byte_delay_ms", delay_ms=300)
+    ws = await open_ws(gateway.ws_url, auth_headers())
+    try:
+        events = await turn(ws, create("slow start"))
+    finally:
+        await ws.close()
+    assert terminal(events)["type"] == "response.completed"
+    assert sim.control.log()["requests"][-1]["outcome"] == "completed"
