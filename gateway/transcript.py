@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from normalizer.snapshot import Item, RequestSnapshot, item_from_raw
 
 from gateway.context import TranscriptBudget
 from normalizer import expand_to_full
+from normalizer.snapshot import Item, RequestSnapshot, item_from_raw
 
 
 class Transcript:

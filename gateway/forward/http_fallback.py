@@ -11,7 +11,6 @@ import time
 
 import httpx
 import msgspec
-from normalizer.snapshot import RequestSnapshot
 
 from gateway.config import Account
 from gateway.context import GatewayContext
@@ -20,6 +19,7 @@ from gateway.session import ClientSink
 from gateway.turn import TurnTracker
 from gateway.upstream.http import HttpUpstreamError, iter_sse_data, open_stream
 from normalizer import to_http_body
+from normalizer.snapshot import RequestSnapshot
 
 _HOP_HEADERS = {"openai-beta"}
 
