@@ -107,6 +107,60 @@ def parse_ws_url(url: str) -> Target:
     return Target(parts.scheme, parts.hostname, port, path)
 
 
+class ReadWatchdog:
+    """A read deadline without a timer per read.
+
+    ``asyncio.timeout`` costs ~4 µs per use (a timer armed and cancelled), which on a
+    relay is paid per event. Here one timer per connection is armed lazily and only
+    re-armed when it fires early (every read just moves the deadline); it cancels the
+    reading task only when a read has really waited past its deadline.
+    """
+
+    __slots__ = ("_deadline", "_fired", "_handle", "_loop", "_task")
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._deadline = 0.0
+        self._fired = False
+
+    async def read(self, reader: asyncio.StreamReader, timeout: float) -> bytes:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        self._deadline = loop.time() + timeout
+        task = asyncio.current_task()
+        self._task = task
+        if self._handle is None:
+            self._handle = loop.call_at(self._deadline, self._check)
+        try:
+            return await reader.read(READ_CHUNK)
+        except asyncio.CancelledError:
+            if self._fired and task is not None:
+                self._fired = False
+                if task.uncancel() == 0:
+                    raise TimeoutError from None
+            raise
+        finally:
+            self._task = None
+
+    def _check(self) -> None:
+        self._handle = None
+        task = self._task
+        if task is None or self._loop is None:
+            return  # nobody is waiting; the next read arms a new timer
+        if self._loop.time() < self._deadline:
+            self._handle = self._loop.call_at(self._deadline, self._check)
+            return
+        self._fired = True
+        task.cancel()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 @dataclass(slots=True)
 class _State:
     pending: collections.deque[str | bytes] = field(default_factory=collections.deque)
@@ -138,6 +192,7 @@ class UpstreamWS:
         self._writer = writer
         self._ws = ws
         self._max = max_message_bytes
+        self._watchdog = ReadWatchdog()
         self._st = _State()
         # wsproto may already hold frames that arrived glued to the 101 response.
         self._feed(buffered)
@@ -176,6 +231,7 @@ class UpstreamWS:
 
     # -- reading -----------------------------------------------------------------
     def _mark_closed(self, code: int, reason: str = "") -> None:
+        self._watchdog.close()
         if self._st.close is None:
             self._st.close = UpstreamClosed(code, reason)
         for fut in self._st.pong_waiters:
@@ -248,12 +304,13 @@ class UpstreamWS:
                 if timeout is None:
                     data = await self._reader.read(READ_CHUNK)
                 else:
-                    async with asyncio.timeout(timeout):
-                        data = await self._reader.read(READ_CHUNK)
+                    data = await self._watchdog.read(self._reader, timeout)
                 if not data:
                     self._mark_closed(CLOSE_ABNORMAL, "connection lost")
                     raise self._st.close  # type: ignore[misc]
                 self._feed(data)
+        except TimeoutError:
+            raise  # a read deadline, not a dead socket (TimeoutError is an OSError)
         except (ConnectionError, OSError) as exc:
             self._mark_closed(CLOSE_ABNORMAL, str(exc))
             raise UpstreamClosed(CLOSE_ABNORMAL, str(exc)) from None

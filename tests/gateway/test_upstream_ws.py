@@ -191,3 +191,17 @@ async def test_wss_through_an_http_connect_proxy(tls_files: tuple[Path, Path]) -
         await via.aclose()
     proxy.close()
     assert tunnels == [f"localhost:{port}"]
+
+
+async def test_read_deadline_fires_only_on_a_real_wait(server: int) -> None:
+    conn = await connect(
+        f"ws://127.0.0.1:{server}/", [], conn_id="c6", max_message_bytes=1 << 20, timeout=5
+    )
+    for i in range(50):  # many quick reads: the single watchdog timer never cancels one
+        await conn.send_text(f"m{i}")
+        assert await conn.recv(timeout=0.2) == f"echo:m{i}"
+    with pytest.raises(TimeoutError):
+        await conn.recv(timeout=0.2)  # nothing was sent: this read really waits
+    await conn.send_text("still-alive")
+    assert await conn.recv(timeout=5) == "echo:still-alive"  # the socket survives a timeout
+    await conn.aclose()
