@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
+from uvicorn.config import WS_PROTOCOLS
 
-from tests.sim.app import SimConfig, create_sim_app
+from tests.sim.app import create_sim_app
+from tests.sim.core import SimConfig
+
+WS_MAX_SIZE = 16 * 1024 * 1024
 
 
 def main() -> None:
@@ -19,20 +23,31 @@ def main() -> None:
         "--keys", default="", help="comma-separated account keys (default: any non-empty key)"
     )
     parser.add_argument("--timestamps", action="store_true", help="add sim_t_ns to every event")
+    parser.add_argument(
+        "--max-conn-age-s", type=float, default=3600.0, help="per-socket age cap (real: 60 min)"
+    )
+    parser.add_argument("--seed", type=int, default=1234, help="seed for probabilistic faults")
+    parser.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate")
+    parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    keys = tuple(k for k in args.keys.split(",") if k)
-    app = create_sim_app(SimConfig(keys=keys, timestamps=args.timestamps))
+    config = SimConfig(
+        keys=tuple(k.strip() for k in args.keys.split(",") if k.strip()),
+        timestamps=args.timestamps,
+        max_conn_age_s=args.max_conn_age_s,
+        seed=args.seed,
+    )
     uvicorn.run(
-        app,
+        create_sim_app(config),
         host=args.host,
         port=args.port,
         loop="uvloop",
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
-        ws_ping_interval=None,
-        ws_per_message_deflate=False,
-        log_level="warning",
+        ws="websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets",
+        ws_max_size=WS_MAX_SIZE,
+        ws_ping_interval=None,  # the real API does not ping; clients do
+        ws_per_message_deflate=args.deflate,
+        log_level=args.log_level,
         access_log=False,
+        backlog=4096,
     )
 
 

@@ -1,29 +1,40 @@
-"""The simulated model: what it answers (scripted by directives) and the API's rules.
+"""The simulated model: what it answers (scripted by directives) and the API's input rules.
 
-Directives live in the text of the last user message, so tests and the real Codex CLI
-(whose prompt we write) can script the answer:
+Directives live in the text of the LAST user message of the effective input, so tests
+and the real Codex CLI (whose prompt we write) can script the answer. Several keys may
+share one directive, and several directives may appear in one message:
 
-    [[sim deltas=200]]            number of text deltas (default 3)
-    [[sim delta_bytes=20000]]     pad each delta to this many bytes
-    [[sim delay_ms=5]]            pause between events
-    [[sim call exec_command {"cmd":"echo ok"}]]   answer with that function call
-    [[sim calls=3]]               that many parallel calls
+    [[sim deltas=200]]                              number of text deltas (default 3)
+    [[sim delta_bytes=20000]]                       pad each text delta to this many bytes
+    [[sim delay_ms=5]]                              pause between events
+    [[sim call exec_command {"cmd":"echo ok"}]]     answer with that function call
+    [[sim custom apply_patch *** Begin Patch]]      answer with a custom tool call (raw input)
+    [[sim calls=3]]                                 that many parallel calls (with call/custom)
+    [[sim rounds=2]]                                call again until N rounds of outputs arrived
+    [[sim reasoning=1]]                             put a reasoning item before the answer
+    [[sim terminal=failed]]                         end with response.failed (or =incomplete)
 
-When the input ends with outputs for the previous calls, the answer is the text
-``tool said: <output>``. Otherwise it is ``sim-answer: <the prompt>``.
+Answers: when the effective input ends with tool outputs (and the rounds are done) the
+text is ``tool said: <output> <output>…``; otherwise ``sim-answer: <first 40 chars of the
+prompt, directives removed>`` followed by `` w1 w2 …`` (one word per extra delta).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+Item = dict[str, Any]
+
 _DIRECTIVE = re.compile(r"\[\[sim\s+(.*?)\]\]", re.S)
-CALL_TYPES = {"function_call", "custom_tool_call", "local_shell_call"}
-OUTPUT_TYPES = {"function_call_output", "custom_tool_call_output"}
+CALL_TYPES = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
+OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output"})
+PROMPT_ECHO_CHARS = 40
+TOOL_ECHO_CHARS = 1000
 
 
 def new_id(prefix: str) -> str:
@@ -32,29 +43,45 @@ def new_id(prefix: str) -> str:
 
 @dataclass
 class Script:
+    """What the last user message asks the simulated model to do."""
+
     deltas: int = 3
     delta_bytes: int = 0
     delay_ms: float = 0.0
-    call_name: str | None = None
+    call_kind: str | None = None  # "function_call" | "custom_tool_call"
+    call_name: str = ""
     call_args: str = "{}"
     calls: int = 1
+    rounds: int = 1
+    reasoning: bool = False
+    terminal: str = "completed"  # "completed" | "failed" | "incomplete"
 
 
 @dataclass
 class StoredResponse:
+    """A finished response as continuation state: its effective input and its output."""
+
     id: str
-    context: list[dict[str, Any]]  # the effective input of the request
-    output: list[dict[str, Any]]
+    context: list[Item]
+    output: list[Item]
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def history(self) -> list[Item]:
+        return self.context + self.output
 
 
 @dataclass
 class Answer:
     text: str | None = None
     deltas: list[str] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[Item] = field(default_factory=list)
+    reasoning: bool = False
+    terminal: str = "completed"
+    delay_ms: float = 0.0
 
 
-def _text_of(item: dict[str, Any]) -> str:
+def text_of(item: Item) -> str:
     content = item.get("content")
     if isinstance(content, str):
         return content
@@ -63,37 +90,65 @@ def _text_of(item: dict[str, Any]) -> str:
     return ""
 
 
-def last_user_text(items: list[dict[str, Any]]) -> str:
-    for item in reversed(items):
-        if item.get("type", "message") == "message" and item.get("role") == "user":
-            return _text_of(item)
-    return ""
+def _is_user_message(item: Item) -> bool:
+    return item.get("type", "message") == "message" and item.get("role") == "user"
+
+
+def last_user_index(items: list[Item]) -> int:
+    for index in range(len(items) - 1, -1, -1):
+        if _is_user_message(items[index]):
+            return index
+    return -1
+
+
+def last_user_text(items: list[Item]) -> str:
+    index = last_user_index(items)
+    return text_of(items[index]) if index >= 0 else ""
+
+
+def _apply_token(script: Script, token: str) -> None:
+    key, _, value = token.partition("=")
+    try:
+        if key == "deltas":
+            script.deltas = max(1, int(value))
+        elif key == "delta_bytes":
+            script.delta_bytes = max(0, int(value))
+        elif key == "delay_ms":
+            script.delay_ms = max(0.0, float(value))
+        elif key == "calls":
+            script.calls = max(1, int(value))
+        elif key == "rounds":
+            script.rounds = max(1, int(value))
+        elif key == "reasoning":
+            script.reasoning = value not in ("0", "false", "")
+        elif key == "terminal" and value in ("completed", "failed", "incomplete"):
+            script.terminal = value
+    except ValueError:
+        pass  # a malformed directive value is ignored, like any other prompt text
 
 
 def parse_script(text: str) -> Script:
     script = Script()
     for body in _DIRECTIVE.findall(text):
         body = body.strip()
-        if body.startswith("call "):
-            rest = body[5:].strip()
-            name, _, args = rest.partition(" ")
+        head, _, rest = body.partition(" ")
+        if head in ("call", "custom"):
+            name, _, args = rest.strip().partition(" ")
+            script.call_kind = "function_call" if head == "call" else "custom_tool_call"
             script.call_name = name
-            script.call_args = args.strip() or "{}"
+            script.call_args = args.strip() or ("{}" if head == "call" else "")
             continue
         for token in body.split():
-            key, _, value = token.partition("=")
-            if key == "deltas":
-                script.deltas = max(1, int(value))
-            elif key == "delta_bytes":
-                script.delta_bytes = int(value)
-            elif key == "delay_ms":
-                script.delay_ms = float(value)
-            elif key == "calls":
-                script.calls = max(1, int(value))
+            _apply_token(script, token)
     return script
 
 
-def input_items(raw_input: Any) -> list[dict[str, Any]]:
+def strip_directives(text: str) -> str:
+    return " ".join(_DIRECTIVE.sub(" ", text).split())
+
+
+def input_items(raw_input: Any) -> list[Item]:
+    """The request's ``input`` as items (a bare string is one user message)."""
     if raw_input is None:
         return []
     if isinstance(raw_input, str):
@@ -104,205 +159,122 @@ def input_items(raw_input: Any) -> list[dict[str, Any]]:
                 "content": [{"type": "input_text", "text": raw_input}],
             }
         ]
-    if isinstance(raw_input, list):
-        return [i for i in raw_input if isinstance(i, dict)]
-    raise ValueError("input must be a string or an array")
+    if isinstance(raw_input, list) and all(isinstance(i, dict) for i in raw_input):
+        return raw_input
+    raise ValueError("Invalid type for 'input': expected a string or an array of input items.")
 
 
-def pairing_error(context: list[dict[str, Any]]) -> str | None:
-    """The upstream's own complaint about call/output pairing, or None."""
+def pairing_error(context: list[Item]) -> str | None:
+    """The upstream's own complaint about call/output pairing in an effective input, or None.
+
+    Every call needs exactly one output with its ``call_id``, after it; every output needs
+    an earlier call.
+    """
     calls: dict[str, str] = {}
-    outputs: set[str] = set()
+    answered: set[str] = set()
     for item in context:
         kind = item.get("type")
         call_id = item.get("call_id")
-        if kind in CALL_TYPES and isinstance(call_id, str):
+        if not isinstance(call_id, str):
+            continue
+        if kind in CALL_TYPES:
             calls[call_id] = kind
-        elif kind in OUTPUT_TYPES and isinstance(call_id, str):
+        elif kind in OUTPUT_TYPES:
+            # Matched by call_id only: the API does not check the output's type against the call's.
             if call_id not in calls:
-                return f"No tool call found for function call output with call_id {call_id}."
-            outputs.add(call_id)
+                what = "custom tool call" if kind == "custom_tool_call_output" else "function call"
+                return f"No tool call found for {what} output with call_id {call_id}."
+            if call_id in answered:
+                return f"Duplicate tool output found for call_id {call_id}."
+            answered.add(call_id)
     for call_id, kind in calls.items():
-        if call_id not in outputs:
+        if call_id not in answered:
             what = "custom tool call" if kind == "custom_tool_call" else "function call"
             return f"No tool output found for {what} {call_id}."
     return None
 
 
-def answer_for(context: list[dict[str, Any]], new_items: list[dict[str, Any]]) -> Answer:
-    # The answer depends on the effective input (a full replay carries the whole history):
-    # when it ends with tool outputs, the model reads them instead of calling again.
-    tail_outputs = []
-    for item in reversed(context):
-        if item.get("type") in OUTPUT_TYPES:
-            tail_outputs.append(item)
+def first_call_id(items: list[Item]) -> str | None:
+    for item in items:
+        if item.get("type") in CALL_TYPES and isinstance(item.get("call_id"), str):
+            return str(item["call_id"])
+    return None
+
+
+def _output_text(item: Item) -> str:
+    output = item.get("output")
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):  # structured outputs: a list of content parts
+        return "".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
+    return "" if output is None else str(output)
+
+
+def _new_calls(script: Script) -> list[Item]:
+    calls: list[Item] = []
+    for _ in range(script.calls):
+        if script.call_kind == "custom_tool_call":
+            calls.append(
+                {
+                    "type": "custom_tool_call",
+                    "id": new_id("ctc"),
+                    "call_id": new_id("call"),
+                    "name": script.call_name,
+                    "input": script.call_args,
+                    "status": "completed",
+                }
+            )
         else:
-            break
-    if tail_outputs:
-        said = " ".join(str(o.get("output", "")) for o in reversed(tail_outputs))
-        text = f"tool said: {said}"
-        return Answer(text=text, deltas=[text])
-    prompt = last_user_text(context)
-    script = parse_script(prompt)
-    if script.call_name:
-        calls = [
-            {
-                "type": "function_call",
-                "id": new_id("fc"),
-                "call_id": new_id("call"),
-                "name": script.call_name,
-                "arguments": script.call_args,
-                "status": "completed",
-            }
-            for _ in range(script.calls)
-        ]
-        return Answer(calls=calls)
-    clean = _DIRECTIVE.sub("", prompt).strip()
-    base = f"sim-answer: {clean[:60]}"
-    deltas = [base] + [f" w{i}" for i in range(1, script.deltas)]
+            calls.append(
+                {
+                    "type": "function_call",
+                    "id": new_id("fc"),
+                    "call_id": new_id("call"),
+                    "name": script.call_name,
+                    "arguments": script.call_args,
+                    "status": "completed",
+                }
+            )
+    return calls
+
+
+def _text_answer(text: str, script: Script, deltas: list[str] | None = None) -> Answer:
+    parts = deltas or [text]
     if script.delta_bytes:
-        deltas = [d.ljust(script.delta_bytes, "x") for d in deltas]
-    return Answer(text="".join(deltas), deltas=deltas)
+        parts = [d.ljust(script.delta_bytes, "x") for d in parts]
+    return Answer(
+        text="".join(parts),
+        deltas=parts,
+        reasoning=script.reasoning,
+        terminal=script.terminal,
+        delay_ms=script.delay_ms,
+    )
 
 
-def usage(context: list[dict[str, Any]], text: str) -> dict[str, Any]:
-    inp = max(1, len(json.dumps(context)) // 4)
-    out = max(1, len(text) // 4)
-    return {
-        "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": out,
-        "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": inp + out,
-    }
-
-
-def response_events(
-    response_id: str, model: str, answer: Answer, context: list[dict[str, Any]], generate: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The full event sequence of one response, and its output items."""
-    base = {"id": response_id, "object": "response", "created_at": 0, "model": model, "output": []}
-    events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": {**base, "status": "in_progress"}},
-    ]
-    output: list[dict[str, Any]] = []
-    if generate:
-        events.append(
-            {"type": "response.in_progress", "response": {**base, "status": "in_progress"}}
+def answer_for(context: list[Item]) -> Answer:
+    """What the model says to this effective input (a full replay gets the same answer)."""
+    prompt_index = last_user_index(context)
+    script = parse_script(text_of(context[prompt_index]) if prompt_index >= 0 else "")
+    tail: list[Item] = []
+    for item in reversed(context):
+        if item.get("type") not in OUTPUT_TYPES:
+            break
+        tail.append(item)
+    if tail:
+        after_prompt = context[prompt_index + 1 :]
+        calls_seen = sum(1 for i in after_prompt if i.get("type") in CALL_TYPES)
+        if script.call_kind and calls_seen // script.calls < script.rounds:
+            return Answer(calls=_new_calls(script), delay_ms=script.delay_ms)
+        said = " ".join(_output_text(o) for o in reversed(tail))[:TOOL_ECHO_CHARS]
+        return _text_answer(f"tool said: {said}", script)
+    if script.call_kind:
+        return Answer(
+            calls=_new_calls(script), reasoning=script.reasoning, delay_ms=script.delay_ms
         )
-        if answer.calls:
-            for index, call in enumerate(answer.calls):
-                started = {**call, "arguments": "", "status": "in_progress"}
-                events.append(
-                    {"type": "response.output_item.added", "output_index": index, "item": started}
-                )
-                events.append(
-                    {
-                        "type": "response.function_call_arguments.delta",
-                        "item_id": call["id"],
-                        "output_index": index,
-                        "delta": call["arguments"],
-                    }
-                )
-                events.append(
-                    {
-                        "type": "response.function_call_arguments.done",
-                        "item_id": call["id"],
-                        "output_index": index,
-                        "arguments": call["arguments"],
-                    }
-                )
-                events.append(
-                    {"type": "response.output_item.done", "output_index": index, "item": call}
-                )
-                output.append(call)
-        else:
-            text = answer.text or ""
-            item_id = new_id("msg")
-            part0 = {"type": "output_text", "text": "", "annotations": []}
-            events.append(
-                {
-                    "type": "response.output_item.added",
-                    "output_index": 0,
-                    "item": {
-                        "id": item_id,
-                        "type": "message",
-                        "role": "assistant",
-                        "status": "in_progress",
-                        "content": [],
-                    },
-                }
-            )
-            events.append(
-                {
-                    "type": "response.content_part.added",
-                    "item_id": item_id,
-                    "output_index": 0,
-                    "content_index": 0,
-                    "part": part0,
-                }
-            )
-            for delta in answer.deltas:
-                events.append(
-                    {
-                        "type": "response.output_text.delta",
-                        "item_id": item_id,
-                        "output_index": 0,
-                        "content_index": 0,
-                        "delta": delta,
-                    }
-                )
-            part = {"type": "output_text", "text": text, "annotations": []}
-            events.append(
-                {
-                    "type": "response.output_text.done",
-                    "item_id": item_id,
-                    "output_index": 0,
-                    "content_index": 0,
-                    "text": text,
-                }
-            )
-            events.append(
-                {
-                    "type": "response.content_part.done",
-                    "item_id": item_id,
-                    "output_index": 0,
-                    "content_index": 0,
-                    "part": part,
-                }
-            )
-            message = {
-                "id": item_id,
-                "type": "message",
-                "role": "assistant",
-                "status": "completed",
-                "content": [part],
-            }
-            events.append({"type": "response.output_item.done", "output_index": 0, "item": message})
-            output.append(message)
-    text_out = answer.text or "".join(c.get("arguments", "") for c in answer.calls)
-    done = {
-        **base,
-        "status": "completed",
-        "output": output,
-        "usage": usage(context, text_out if generate else ""),
-    }
-    events.append({"type": "response.completed", "response": done})
-    for seq, event in enumerate(events):
-        event["sequence_number"] = seq
-    return events, output
+    prompt = strip_directives(text_of(context[prompt_index])) if prompt_index >= 0 else ""
+    base = f"sim-answer: {prompt[:PROMPT_ECHO_CHARS]}"
+    return _text_answer(base, script, [base] + [f" w{i}" for i in range(1, script.deltas)])
 
 
-def error_event(
-    status: int, code: str | None, message: str, param: str | None = None
-) -> dict[str, Any]:
-    return {
-        "type": "error",
-        "status": status,
-        "error": {
-            "type": "invalid_request_error" if status < 500 else "server_error",
-            "code": code,
-            "message": message,
-            "param": param,
-        },
-    }
+def estimate_tokens(items: list[Item]) -> int:
+    return len(msgspec.json.encode(items)) // 4 if items else 0
