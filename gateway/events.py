@@ -69,6 +69,7 @@ class UsagePeek(msgspec.Struct):
 class OutputItemPeek(msgspec.Struct):
     type: str = ""
     call_id: str | None = None
+    execution: str | None = None
 
 
 class ResponsePeek(msgspec.Struct):
@@ -111,7 +112,8 @@ def pending_calls(output: list[msgspec.Raw]) -> dict[str, str]:
     calls: dict[str, str] = {}
     for raw in output:
         item = _item_decoder.decode(raw)
-        if item.type in CALL_ITEM_TYPES and item.call_id:
+        # A server-executed tool search was answered upstream: the client owes no output.
+        if item.type in CALL_ITEM_TYPES and item.call_id and item.execution != "server":
             calls[item.call_id] = item.type
     return calls
 
