@@ -124,7 +124,7 @@ def pending_calls(output: list[msgspec.Raw]) -> dict[str, str]:
 class _ErrorDetail(msgspec.Struct, omit_defaults=True):
     code: str | None
     message: str
-    type: str = "invalid_request_error"
+    type: str  # always written: omit_defaults must only drop a null param
     param: str | None = None
 
 

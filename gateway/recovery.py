@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gateway.turn import UpstreamErrorInfo
-from gateway.upstream.ws import DialError, HandshakeRejected, UpstreamClosed, UpstreamError
+from gateway.upstream.ws import (
+    DialError,
+    HandshakeRejected,
+    MessageTooBig,
+    UpstreamClosed,
+    UpstreamError,
+)
 from pool import DialFailed, PoolExhausted
 
 
@@ -71,6 +77,8 @@ def classify_exception(exc: BaseException) -> Failure:
         if exc.code == 1009:
             return Failure.TOO_BIG
         return Failure.CLOSED_TRANSIENT
+    if isinstance(exc, MessageTooBig):
+        return Failure.TOO_BIG  # the socket was closed 1009; the same request would repeat it
     if isinstance(exc, TimeoutError):
         return Failure.TIMEOUT
     if isinstance(exc, DialError | OSError):

@@ -96,6 +96,13 @@ class Target:
         return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for fut in waiters:
+        if not fut.done():
+            fut.set_result(None)
+    waiters.clear()
+
+
 def parse_ws_url(url: str) -> Target:
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -161,10 +168,18 @@ class ReadWatchdog:
             self._handle = None
 
 
+def _nbytes(chunk: str | bytes) -> int:
+    """Size in bytes on the wire; str.isascii() is O(1) in CPython, so ASCII costs nothing."""
+    if isinstance(chunk, bytes) or chunk.isascii():
+        return len(chunk)
+    return len(chunk.encode())
+
+
 @dataclass(slots=True)
 class _State:
     pending: collections.deque[str | bytes] = field(default_factory=collections.deque)
     pong_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    reader_left: list[asyncio.Future[None]] = field(default_factory=list)
     partial: list[str | bytes] = field(default_factory=list)
     partial_size: int = 0
     close: UpstreamClosed | None = None
@@ -250,12 +265,12 @@ class UpstreamWS:
                     data_ = event.data
                     chunk: str | bytes = bytes(data_) if isinstance(data_, bytearray) else data_
                     if event.message_finished and not st.partial:
-                        if len(chunk) > self._max:
+                        if _nbytes(chunk) > self._max:
                             raise MessageTooBig(f"upstream message over {self._max} bytes")
                         st.pending.append(chunk)
                         continue
                     st.partial.append(chunk)
-                    st.partial_size += len(chunk)
+                    st.partial_size += _nbytes(chunk)
                     if st.partial_size > self._max:
                         raise MessageTooBig(f"upstream message over {self._max} bytes")
                     if event.message_finished:
@@ -316,6 +331,7 @@ class UpstreamWS:
             raise UpstreamClosed(CLOSE_ABNORMAL, str(exc)) from None
         finally:
             st.reading = False
+            _wake(st.reader_left)
         return st.pending.popleft()
 
     # -- idle watching -----------------------------------------------------------------
@@ -357,6 +373,7 @@ class UpstreamWS:
             self._mark_closed(CLOSE_ABNORMAL, "connection lost while idle")
         finally:
             st.reading = False
+            _wake(st.reader_left)
 
     def push_back(self, message: str | bytes) -> None:
         """Return a message to the front of the queue (the next recv gets it first)."""
@@ -371,10 +388,14 @@ class UpstreamWS:
         self._st.pong_waiters.append(fut)
         self._write(self._ws.send(Ping(payload=b"gw")))
         async with asyncio.timeout(timeout):
-            if self._st.reading:
-                await fut
-                return
             while not fut.done():
+                if self._st.reading:
+                    # The reader resolves the waiter; if it stops reading before the pong
+                    # arrives, wake up and read it here.
+                    left: asyncio.Future[None] = loop.create_future()
+                    self._st.reader_left.append(left)
+                    await asyncio.wait((fut, left), return_when=asyncio.FIRST_COMPLETED)
+                    continue
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
                     self._mark_closed(CLOSE_ABNORMAL, "connection lost")
