@@ -1,9 +1,14 @@
 """Per-account upstream connection pool (R-13, R-15, R-16).
 
-A connection is leased (one response in flight) or idle in the indexed heap. Acquire
-takes the preferred connection by id when it is idle, else the heap top; dials when
-under ``max_conns``; else waits in a bounded FIFO queue. Released connections go
-straight to the oldest waiter. Broken, closed or expired connections never return.
+A socket is leased (one response in flight) or idle in the account's indexed heap.
+Acquire takes the preferred socket by id when it is idle and healthy, else the heap
+top; dials when under ``max_conns``; else waits in a bounded FIFO queue. A released
+socket goes straight to the oldest waiter; a freed slot is reserved for the oldest
+waiter, which then dials. Broken, closed or expired sockets never go back.
+
+Slot accounting: ``size = len(_conns) + _dialing`` never exceeds ``max_conns``.
+``_dialing`` counts reserved slots (a dial in progress, or a slot handed to a waiter
+that has not run yet).
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
-from pool.heap import Entry, IndexedHeap
+from pool.heap import Entry, IdleHeap
 from pool.types import (
     Clock,
     Conn,
@@ -24,21 +29,29 @@ from pool.types import (
     DialFailed,
     PoolClosed,
     PoolConfig,
+    PoolError,
     PoolExhausted,
     PoolStats,
 )
 
 log = logging.getLogger("pool")
 
-# A waiter is woken either with a connection handed over, or with None: "a slot is free, dial".
-_Waiter = asyncio.Future[Entry | None]
+
+class _DialToken:
+    """Handed to a waiter instead of a socket: "a slot is reserved for you, dial"."""
+
+
+_DIAL: Final = _DialToken()
+_Waiter = asyncio.Future[Entry | _DialToken]
+_PING_PARALLELISM = 8  # background pings in flight per account
 
 
 class Lease:
+    """One acquired socket. ``release`` is synchronous, idempotent and O(log n)."""
+
     __slots__ = (
         "_entry",
         "_pool",
-        "_released",
         "account_id",
         "conn",
         "conn_id",
@@ -48,24 +61,29 @@ class Lease:
     )
 
     def __init__(
-        self, pool: AccountPool, entry: Entry, *, reused: bool, preferred_hit: bool, waited_s: float
+        self, pool: AccountPool, entry: Entry, reused: bool, preferred_hit: bool, waited_s: float
     ) -> None:
-        self._pool = pool
+        self._pool: AccountPool | None = pool
         self._entry = entry
-        self._released = False
         self.conn: Conn = entry.conn
         self.conn_id = entry.conn_id
         self.account_id = pool.account_id
-        self.reused = reused
+        self.reused = reused  # False: dialed for this acquire
         self.preferred_hit = preferred_hit
-        self.waited_s = waited_s
+        self.waited_s = waited_s  # time queued for a socket; 0.0 when none was needed
 
     def release(self, *, broken: bool = False, bound: bool = False) -> None:
-        """Give the connection back (idempotent). ``broken`` retires it for good."""
-        if self._released:
+        """Give the socket back. ``broken`` retires it (closed in the background);
+        ``bound`` says it holds a live store:false conversation's previous response."""
+        pool = self._pool
+        if pool is None:
             return
-        self._released = True
-        self._pool._release(self._entry, broken=broken, bound=bound)
+        self._pool = None
+        pool._release(self._entry, broken, bound)
+
+    @property
+    def released(self) -> bool:
+        return self._pool is None
 
 
 class AccountPool:
@@ -74,321 +92,421 @@ class AccountPool:
         self.config = config
         self._dialer = dialer
         self._clock = clock
-        self._idle = IndexedHeap()
-        self._all: dict[str, Entry] = {}
+        self._idle = IdleHeap()
+        self._conns: dict[str, Entry] = {}  # every socket the pool owns: idle, leased, probing
         self._dialing = 0
+        self._leased = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         self._closed = False
-        self._prewarm_task: asyncio.Task[None] | None = None
-        self._prewarm_next = 0.0
-        self._prewarm_failures: collections.deque[float] = collections.deque()
-        self._prewarm_blocked_until = 0.0
         self._background: set[asyncio.Task[None]] = set()
-        self._stats = PoolStats()
+        # prewarm (R-16)
+        self._prewarm_task: asyncio.Task[None] | None = None
+        self._prewarm_not_before = float("-inf")
+        self._prewarm_closed_until = float("-inf")
+        self._dial_failure_times: collections.deque[float] = collections.deque()
+        # counters
+        self._acquires = 0
+        self._reuses = 0
+        self._preferred_hits = 0
+        self._dials = 0
+        self._dial_failures = 0
+        self._broken = 0
+        self._pings_failed = 0
+        self._waits = 0
+        self._exhausted = 0
+        self._expired = 0
+        self._trimmed = 0
+        self._prewarm_runs = 0
+        self._prewarm_gate_trips = 0
 
     # -- inspection --------------------------------------------------------------------
     @property
     def size(self) -> int:
-        return len(self._all) + self._dialing
+        """Sockets owned plus slots reserved for dials."""
+        return len(self._conns) + self._dialing
 
-    def idle_conns(self) -> list[Conn]:
-        return [entry.conn for entry in self._idle.entries()]
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def has_idle(self, conn_id: str) -> bool:
         return conn_id in self._idle
 
     def has_conn(self, conn_id: str) -> bool:
-        return conn_id in self._all
+        return conn_id in self._conns
+
+    def idle_conns(self) -> list[Conn]:
+        return [entry.conn for entry in self._idle]
+
+    @property
+    def prewarm_running(self) -> bool:
+        return self._prewarm_task is not None
 
     def stats(self) -> PoolStats:
-        s = self._stats
-        s.size = len(self._all)
-        s.idle = len(self._idle)
-        s.leased = len(self._all) - len(self._idle)
-        s.dialing = self._dialing
-        s.waiters = len(self._waiters)
-        s.reuse_ratio = s.reuses / s.acquires if s.acquires else 0.0
-        return s
+        return PoolStats(
+            size=len(self._conns),
+            idle=len(self._idle),
+            leased=self._leased,
+            dialing=self._dialing,
+            waiters=len(self._waiters),
+            acquires=self._acquires,
+            dials=self._dials,
+            dial_failures=self._dial_failures,
+            reuses=self._reuses,
+            reuse_ratio=self._reuses / self._acquires if self._acquires else 0.0,
+            preferred_hits=self._preferred_hits,
+            broken=self._broken,
+            pings_failed=self._pings_failed,
+            waits=self._waits,
+            exhausted=self._exhausted,
+            expired=self._expired,
+            trimmed=self._trimmed,
+            prewarm_runs=self._prewarm_runs,
+            prewarm_gate_trips=self._prewarm_gate_trips,
+        )
 
     def _check_invariants(self) -> None:
+        """Heap and index agree, every idle socket is owned, limits hold (tests)."""
         self._idle.check()
-        for entry in self._idle.entries():
-            assert self._all.get(entry.conn_id) is entry
-        assert self.size <= self.config.max_conns
+        for entry in self._idle:
+            if self._conns.get(entry.conn_id) is not entry:
+                raise AssertionError(f"idle {entry.conn_id} is not owned by the pool")
+        if not 0 <= self._dialing or not 0 <= self._leased <= len(self._conns) - len(self._idle):
+            raise AssertionError(f"counts off: dialing={self._dialing} leased={self._leased}")
+        if self.size > self.config.max_conns:
+            raise AssertionError(f"{self.size} sockets exceed max_conns={self.config.max_conns}")
+        waiting = any(not fut.done() for fut in self._waiters)
+        if waiting and (self._idle or self.size < self.config.max_conns):
+            raise AssertionError("waiters queued while a socket or a slot is free")
 
     # -- acquire -----------------------------------------------------------------------
     async def acquire(
         self, *, preferred_conn_id: str | None = None, timeout: float | None = None
     ) -> Lease:
+        """Lease a socket. ``timeout`` bounds the time queued (default acquire_timeout_s);
+        dial time is bounded by the dialer."""
         if self._closed:
             raise PoolClosed(f"pool for account {self.account_id} is closed")
-        self._stats.acquires += 1
-        started = time.monotonic()
-        limit = self.config.acquire_timeout_s if timeout is None else timeout
         try:
             if preferred_conn_id is not None:
                 entry = self._idle.remove(preferred_conn_id)
-                if entry is not None and await self._usable(entry):
-                    self._stats.reuses += 1
-                    self._stats.preferred_hits += 1
-                    return self._lease(entry, reused=True, preferred_hit=True, started=started)
-            while True:
-                entry = await self._take_idle()
-                if entry is not None:
-                    self._stats.reuses += 1
-                    return self._lease(entry, reused=True, preferred_hit=False, started=started)
-                if self.size < self.config.max_conns:
-                    entry = await self._dial()
-                    return self._lease(entry, reused=False, preferred_hit=False, started=started)
-                handed = await self._wait(started, limit)
-                if handed is not None:
-                    self._stats.reuses += 1
-                    return self._lease(
-                        handed,
-                        reused=True,
-                        preferred_hit=handed.conn_id == preferred_conn_id,
-                        started=started,
-                    )
+                if entry is not None and (self._ready(entry) or await self._vet(entry)):
+                    self._preferred_hits += 1
+                    return self._lease(entry, True, True, 0.0)
+            while (entry := self._idle.pop()) is not None:
+                if self._ready(entry) or await self._vet(entry):
+                    return self._lease(entry, True, False, 0.0)
+            if self.size < self.config.max_conns and not self._waiters:
+                self._dialing += 1
+                return self._lease(await self._dial_reserved(), False, False, 0.0)
+            return await self._wait(preferred_conn_id, timeout)
         finally:
-            self._maybe_prewarm()
+            if self.config.min_idle > len(self._idle):
+                self._maybe_prewarm()
 
-    def _lease(self, entry: Entry, *, reused: bool, preferred_hit: bool, started: float) -> Lease:
-        entry.released = False
-        return Lease(
-            self,
-            entry,
-            reused=reused,
-            preferred_hit=preferred_hit,
-            waited_s=time.monotonic() - started,
+    def _lease(self, entry: Entry, reused: bool, preferred_hit: bool, waited_s: float) -> Lease:
+        self._acquires += 1
+        self._leased += 1
+        if reused:
+            self._reuses += 1
+        return Lease(self, entry, reused, preferred_hit, waited_s)
+
+    def _ready(self, entry: Entry) -> bool:
+        """Leasable as is: open, young, and known alive recently (no ping needed)."""
+        now = self._clock()
+        cfg = self.config
+        return (
+            not entry.conn.closed
+            and now - entry.created_at < cfg.max_age_s
+            and now - entry.last_checked < cfg.ping_before_lease_idle_s
         )
 
-    async def _usable(self, entry: Entry) -> bool:
-        """Health gate for an idle entry already removed from the heap."""
+    async def _vet(self, entry: Entry, keep_slot: bool = False) -> bool:
+        """Health gate for an owned entry outside the heap. False: it was dropped (and
+        with ``keep_slot`` its slot is reserved for the caller to dial into)."""
         now = self._clock()
-        if entry.conn.closed or now - entry.created_at >= self.config.max_age_s:
-            self._drop(entry, expired=not entry.conn.closed)
+        cfg = self.config
+        if entry.conn.closed:
+            self._drop(entry, keep_slot)
             return False
-        if now - entry.last_used >= self.config.ping_before_lease_idle_s:
-            try:
-                await entry.conn.ping(self.config.ping_timeout_s)
-            except Exception:
-                self._stats.pings_failed += 1
-                self._drop(entry)
-                return False
-            entry.last_checked = self._clock()
+        if now - entry.created_at >= cfg.max_age_s:
+            self._expired += 1
+            self._drop(entry, keep_slot)
+            return False
+        if now - entry.last_checked >= cfg.ping_before_lease_idle_s:
+            return await self._probe(entry, keep_slot)  # the half-open socket check
         return True
 
-    async def _take_idle(self) -> Entry | None:
-        while True:
-            entry = self._idle.pop()
-            if entry is None:
-                return None
-            if await self._usable(entry):
-                return entry
+    async def _probe(self, entry: Entry, keep_slot: bool = False) -> bool:
+        """Ping an entry held outside the heap. False: it failed and was dropped.
+        Cancelled: it goes back untouched, so the next taker pings it again."""
+        timeout = self.config.ping_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await entry.conn.ping(timeout)
+        except asyncio.CancelledError:
+            self._return_idle(entry)
+            raise
+        except Exception:
+            self._pings_failed += 1
+            self._drop(entry, keep_slot)
+            return False
+        if entry.conn.closed:
+            self._drop(entry, keep_slot)
+            return False
+        entry.last_checked = self._clock()
+        return True
 
-    async def _dial(self) -> Entry:
-        self._dialing += 1
-        self._stats.dials += 1
+    async def _dial_reserved(self) -> Entry:
+        """Dial into a slot the caller already reserved (``_dialing += 1``)."""
+        if self._closed:
+            self._dialing -= 1
+            raise PoolClosed(f"pool for account {self.account_id} is closed")
+        self._dials += 1
         try:
             conn = await self._dialer.dial(self.account_id)
         except BaseException as exc:
             self._dialing -= 1
-            self._stats.dial_failures += 1
-            self._wake_dialer()  # the slot we reserved is free again
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            raise DialFailed(
-                self.account_id, f"dial to account {self.account_id} failed: {exc}"
-            ) from exc
+            if isinstance(exc, Exception):
+                self._dial_failures += 1
+                self._note_dial_failure()
+            self._wake_waiters()  # the reserved slot is free again
+            if isinstance(exc, Exception):
+                raise DialFailed(
+                    self.account_id, f"dial to account {self.account_id} failed: {exc!r}"
+                ) from exc
+            raise
         self._dialing -= 1
+        self._dial_failure_times.clear()  # a success resets the prewarm failure gate
+        conn_id = conn.conn_id
+        if self._closed or conn_id in self._conns:
+            self._spawn(conn.aclose())
+            self._wake_waiters()
+            if self._closed:
+                raise PoolClosed(f"pool for account {self.account_id} closed during a dial")
+            raise PoolError(f"dialer returned a duplicate conn_id {conn_id!r}")
         now = self._clock()
-        entry = Entry(
-            conn=conn, conn_id=conn.conn_id, created_at=now, last_used=now, last_checked=now
-        )
-        self._all[entry.conn_id] = entry
+        entry = Entry(conn, conn_id, now, now, now)
+        self._conns[conn_id] = entry
         return entry
 
-    async def _wait(self, started: float, limit: float) -> Entry | None:
-        if len(self._waiters) >= self.config.queue_limit:
-            self._stats.exhausted += 1
+    async def _wait(self, preferred_conn_id: str | None, timeout: float | None) -> Lease:
+        cfg = self.config
+        if len(self._waiters) >= cfg.queue_limit:
+            self._exhausted += 1
             raise PoolExhausted(
-                f"pool exhausted for account {self.account_id}: {self.size}/{self.config.max_conns} "
-                f"connections in use and {len(self._waiters)} waiters (queue limit {self.config.queue_limit})"
+                f"pool exhausted for account {self.account_id}: "
+                f"{self._leased}/{cfg.max_conns} connections leased and "
+                f"{len(self._waiters)} waiters (queue limit {cfg.queue_limit})"
             )
-        remaining = limit - (time.monotonic() - started)
-        if remaining <= 0:
-            self._stats.exhausted += 1
-            raise PoolExhausted(
-                f"timed out after {limit:.1f}s waiting for a connection to account {self.account_id}"
-            )
-        fut: _Waiter = asyncio.get_running_loop().create_future()
+        limit = cfg.acquire_timeout_s if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fut: _Waiter = loop.create_future()
         self._waiters.append(fut)
-        self._stats.waits += 1
+        self._waits += 1
         try:
-            async with asyncio.timeout(remaining):
-                return await fut
+            async with asyncio.timeout_at(started + limit):
+                handed = await fut
         except BaseException as exc:
             self._abandon(fut)
             if isinstance(exc, TimeoutError):
-                self._stats.exhausted += 1
+                self._exhausted += 1
                 raise PoolExhausted(
-                    f"timed out after {limit:.1f}s waiting for a connection to account {self.account_id}"
+                    f"timed out after {limit:g}s waiting for a connection to account "
+                    f"{self.account_id} ({self._leased}/{cfg.max_conns} leased, "
+                    f"{len(self._waiters)} waiters)"
                 ) from None
             raise
+        waited = loop.time() - started
+        if isinstance(handed, Entry):
+            if await self._vet(handed, keep_slot=True):
+                return self._lease(handed, True, handed.conn_id == preferred_conn_id, waited)
+            # It was unusable and dropped; its slot stayed reserved for this waiter.
+        return self._lease(await self._dial_reserved(), False, False, waited)
 
     def _abandon(self, fut: _Waiter) -> None:
-        """A waiter left (timeout or cancel): whatever it was handed goes to the next one."""
+        """A waiter left (timeout or cancel) and leaves no trace: whatever it was handed
+        at that moment goes to the next waiter or back to the heap."""
         with contextlib.suppress(ValueError):
             self._waiters.remove(fut)
         if fut.done() and not fut.cancelled():
             handed = fut.result()
-            if handed is not None:
+            if isinstance(handed, Entry):
                 self._return_idle(handed)
-            else:
-                self._wake_dialer()
+                return
+            self._dialing -= 1
+        # Also when it was never served: while it sat cancelled in the queue, a newcomer
+        # may have queued behind it although a slot was free.
+        self._wake_waiters()
 
     def _next_waiter(self) -> _Waiter | None:
-        while self._waiters:
-            fut = self._waiters.popleft()
+        """The oldest waiter still waiting (a cancelled one leaves via ``_abandon``)."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
             if not fut.done():
                 return fut
         return None
 
-    def _wake_dialer(self) -> None:
-        if self.size < self.config.max_conns:
+    def _wake_waiters(self) -> None:
+        """Reserve each free slot for the oldest waiter; it dials when it runs."""
+        while not self._closed and self.size < self.config.max_conns:
             fut = self._next_waiter()
-            if fut is not None:
-                fut.set_result(None)
+            if fut is None:
+                return
+            self._dialing += 1
+            fut.set_result(_DIAL)
 
     # -- release -----------------------------------------------------------------------
-    def _release(self, entry: Entry, *, broken: bool, bound: bool) -> None:
+    def _release(self, entry: Entry, broken: bool, bound: bool) -> None:
+        self._leased -= 1
         if broken:
-            self._stats.broken += 1
+            self._broken += 1
             self._drop(entry)
             return
-        if (
-            entry.conn.closed
-            or self._clock() - entry.created_at >= self.config.max_age_s
-            or self._closed
-        ):
-            self._drop(entry, expired=not entry.conn.closed)
+        now = self._clock()
+        if entry.conn.closed:
+            self._drop(entry)
+            return
+        if now - entry.created_at >= self.config.max_age_s:
+            self._expired += 1
+            self._drop(entry)
             return
         entry.bound = bound
-        entry.last_used = entry.last_checked = self._clock()
+        entry.last_used = entry.last_checked = now
         self._return_idle(entry)
 
     def _return_idle(self, entry: Entry) -> None:
-        entry.released = True
-        fut = self._next_waiter()
-        if fut is not None:
-            entry.released = False
+        """An owned socket outside the heap goes to the oldest waiter, else the heap."""
+        if self._closed:
+            self._drop(entry)
+            return
+        fut = self._next_waiter() if self._waiters else None
+        if fut is None:
+            self._idle.push(entry)
+        else:
             fut.set_result(entry)
-            return
-        self._idle.push(entry)
 
-    def _drop(self, entry: Entry, *, expired: bool = False) -> None:
+    def _drop(self, entry: Entry, keep_slot: bool = False) -> None:
+        """Forget a socket and close it in the background. Its slot goes to the oldest
+        waiter, or with ``keep_slot`` stays reserved for the caller to dial into."""
         self._idle.remove(entry.conn_id)
-        if self._all.pop(entry.conn_id, None) is None:
+        if self._conns.pop(entry.conn_id, None) is None:
             return
-        if expired:
-            self._stats.expired += 1
         self._spawn(entry.conn.aclose())
-        self._wake_dialer()
+        if keep_slot:
+            self._dialing += 1
+        else:
+            self._wake_waiters()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+        """Run a background coroutine owned by this pool (awaited or cancelled on aclose)."""
         try:
             task = asyncio.get_running_loop().create_task(coro)
-        except RuntimeError:
+        except RuntimeError:  # no running loop (release from a finalizer): nothing to run on
             coro.close()
-            return
+            return None
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
-    # -- maintenance (R-15) ----------------------------------------------------------------
+    # -- maintenance (R-15) --------------------------------------------------------------
     async def maintain_once(self) -> None:
-        """Drop dead and aged idle sockets, ping the quiet ones, trim idle above max."""
+        """One round of background health work: drop closed and aged idle sockets, ping
+        the quiet ones, trim idle above max_idle, top up to min_idle."""
+        if self._closed:
+            return
         cfg = self.config
         now = self._clock()
-        for entry in self._idle.entries():
+        due: list[Entry] = []
+        for entry in self._idle:
             if entry.conn.closed:
                 self._drop(entry)
             elif now - entry.created_at >= cfg.max_age_s:
-                self._drop(entry, expired=True)
-        due = [
-            e
-            for e in self._idle.entries()
-            if now - max(e.last_used, e.last_checked) >= cfg.ping_interval_s
-        ]
-        for entry in due:
-            if self._idle.remove(entry.conn_id) is None:
-                continue  # leased meanwhile
-            try:
-                await entry.conn.ping(cfg.ping_timeout_s)
-            except Exception:
-                self._stats.pings_failed += 1
+                self._expired += 1
                 self._drop(entry)
-                continue
-            entry.last_checked = self._clock()
-            self._return_idle(entry)
+            elif now - entry.last_checked >= cfg.ping_interval_s:
+                due.append(entry)
+        if due:
+            gate = asyncio.Semaphore(_PING_PARALLELISM)
+            await asyncio.gather(*(self._background_ping(entry, gate) for entry in due))
+        # Heap order is the trim order: least recently used first, unbound before bound.
         while len(self._idle) > cfg.max_idle:
             surplus = self._idle.pop()
-            if surplus is None:
-                break
-            self._stats.trimmed += 1
+            assert surplus is not None
+            self._trimmed += 1
             self._drop(surplus)
         self._maybe_prewarm()
 
+    async def _background_ping(self, entry: Entry, gate: asyncio.Semaphore) -> None:
+        async with gate:
+            # Leased, dropped or used since the sweep looked: nothing to do.
+            if self._clock() - entry.last_checked < self.config.ping_interval_s:
+                return
+            if self._idle.remove(entry.conn_id) is None:
+                return
+            if await self._probe(entry):
+                self._return_idle(entry)
+
     # -- prewarm (R-16) ----------------------------------------------------------------
-    def _prewarm_open(self, now: float) -> bool:
+    def _note_dial_failure(self) -> None:
         cfg = self.config
-        window = self._prewarm_failures
+        now = self._clock()
+        window = self._dial_failure_times
+        window.append(now)
         while window and now - window[0] > cfg.prewarm_failure_window_s:
             window.popleft()
-        if now < self._prewarm_blocked_until:
-            return False
         if len(window) >= cfg.prewarm_failure_threshold:
-            self._prewarm_blocked_until = now + cfg.prewarm_reopen_s
+            self._prewarm_closed_until = now + cfg.prewarm_reopen_s
+            self._prewarm_gate_trips += 1
             window.clear()
-            return False
-        return True
+
+    def prewarm_gate_open(self) -> bool:
+        return self._clock() >= self._prewarm_closed_until
 
     def _maybe_prewarm(self) -> None:
         cfg = self.config
-        if cfg.min_idle <= 0 or self._closed:
-            return
-        if self._prewarm_task is not None and not self._prewarm_task.done():
-            return
-        if len(self._idle) + self._dialing >= cfg.min_idle or self.size >= cfg.max_conns:
+        if (
+            len(self._idle) >= cfg.min_idle
+            or self._prewarm_task is not None
+            or self._closed
+            or self._waiters
+            or self.size >= cfg.max_conns
+        ):
             return
         now = self._clock()
-        if now < self._prewarm_next or not self._prewarm_open(now):
+        if now < self._prewarm_not_before or now < self._prewarm_closed_until:
             return
-        self._prewarm_next = now + cfg.prewarm_cooldown_s
-        try:
-            self._prewarm_task = asyncio.get_running_loop().create_task(self._prewarm())
-        except RuntimeError:
-            return
-        self._stats.prewarm_runs += 1
+        self._prewarm_not_before = now + cfg.prewarm_cooldown_s
+        task = self._spawn(self._prewarm())
+        if task is not None:
+            self._prewarm_runs += 1
+            self._prewarm_task = task
 
     async def _prewarm(self) -> None:
+        """One round: dial one at a time up to min_idle, at most min_idle dials."""
         cfg = self.config
-        while (
-            len(self._idle) + self._dialing < cfg.min_idle
-            and self.size < cfg.max_conns
-            and not self._closed
-        ):
-            try:
-                entry = await self._dial()
-            except DialFailed:
-                self._prewarm_failures.append(self._clock())
-                if not self._prewarm_open(self._clock()):
-                    return
-                continue
-            self._return_idle(entry)
-
-    @property
-    def prewarm_running(self) -> bool:
-        return self._prewarm_task is not None and not self._prewarm_task.done()
+        try:
+            for _ in range(cfg.min_idle):
+                if (
+                    len(self._idle) >= cfg.min_idle
+                    or self.size >= cfg.max_conns
+                    or self._closed
+                    or not self.prewarm_gate_open()
+                ):
+                    break
+                self._dialing += 1
+                try:
+                    entry = await self._dial_reserved()
+                except PoolError:
+                    continue  # recorded by the failure gate, checked at the loop top
+                self._return_idle(entry)
+        finally:
+            self._prewarm_task = None
+            self._prewarm_not_before = max(
+                self._prewarm_not_before, self._clock() + cfg.prewarm_cooldown_s
+            )
 
     async def wait_prewarm(self) -> None:
         """Wait for the running prewarm round, if any (tests, shutdown)."""
@@ -397,20 +515,20 @@ class AccountPool:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(task)
 
+    # -- shutdown ----------------------------------------------------------------------
     async def aclose(self) -> None:
+        """Stop prewarm, fail waiters, close idle sockets; leased ones close on release."""
+        if self._closed:
+            return
         self._closed = True
         if self._prewarm_task is not None:
             self._prewarm_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._prewarm_task
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(PoolClosed(f"pool for account {self.account_id} closed"))
-        for entry in self._idle.entries():
+        while (fut := self._next_waiter()) is not None:
+            fut.set_exception(PoolClosed(f"pool for account {self.account_id} closed"))
+        for entry in self._idle:
             self._drop(entry)
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
 
 class PoolManager:
@@ -430,30 +548,41 @@ class PoolManager:
         self._per_account = dict(per_account or {})
         self._pools: dict[str, AccountPool] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
         for account_id in self._per_account:
             self.pool(account_id)
 
     def pool(self, account_id: str) -> AccountPool:
+        """The account's pool, created on first use (closed at once after aclose)."""
         found = self._pools.get(account_id)
         if found is None:
             config = self._per_account.get(account_id, self._config)
-            found = self._pools[account_id] = AccountPool(
-                account_id, self._dialer, config, self._clock
-            )
+            found = AccountPool(account_id, self._dialer, config, self._clock)
+            found._closed = self._closed
+            self._pools[account_id] = found
         return found
 
     def stats(self) -> dict[str, PoolStats]:
         return {account_id: p.stats() for account_id, p in self._pools.items()}
 
     async def maintain_once(self) -> None:
-        for p in list(self._pools.values()):
-            try:
-                await p.maintain_once()
-            except Exception:
-                log.exception("pool maintenance failed", extra={"account_id": p.account_id})
+        """One maintenance round over every account, idle ones included."""
+        pools = list(self._pools.values())
+        results = await asyncio.gather(*(p.maintain_once() for p in pools), return_exceptions=True)
+        for p, result in zip(pools, results, strict=True):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                log.error(
+                    "pool maintenance failed for account %s",
+                    p.account_id,
+                    exc_info=result,
+                    extra={"account_id": p.account_id},
+                )
 
     def start(self) -> None:
-        if self._task is None:
+        """Start the background maintenance task (idempotent; needs a running loop)."""
+        if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
@@ -466,10 +595,11 @@ class PoolManager:
             await self.maintain_once()
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for p in self._pools.values():
+        for p in list(self._pools.values()):
             await p.aclose()

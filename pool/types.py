@@ -64,6 +64,7 @@ class PoolStats(msgspec.Struct, kw_only=True):
     expired: int = 0
     trimmed: int = 0
     prewarm_runs: int = 0
+    prewarm_gate_trips: int = 0
 
 
 class PoolError(Exception):

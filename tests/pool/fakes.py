@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll (yielding to other tasks) until ``condition()`` holds, with a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition never held"
+        await asyncio.sleep(0)
 
 
 class FakeClock:
@@ -18,19 +28,27 @@ class FakeClock:
 
 
 class FakeConn:
-    def __init__(self, conn_id: str) -> None:
+    def __init__(self, conn_id: str, clock: FakeClock | None = None) -> None:
         self.conn_id = conn_id
+        self._clock = clock
+        self.dialed_at = clock() if clock is not None else 0.0
+        self.answered_at = self.dialed_at  # last successful ping
         self.closed = False
         self.ping_fails = False
+        self.ping_gate: asyncio.Event | None = None  # when set, pings wait on it
         self.pings = 0
         self.failed_pings = 0
         self.close_calls = 0
 
     async def ping(self, timeout: float) -> None:
         self.pings += 1
+        if self.ping_gate is not None:
+            await self.ping_gate.wait()
         if self.ping_fails or self.closed:
             self.failed_pings += 1
             raise ConnectionError("pong never came")
+        if self._clock is not None:
+            self.answered_at = self._clock()
 
     async def aclose(self) -> None:
         self.closed = True
@@ -38,17 +56,27 @@ class FakeConn:
 
 
 class FakeDialer:
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock | None = None) -> None:
         self._ids = itertools.count(1)
+        self._clock = clock
         self.dialed: list[FakeConn] = []
+        self.attempts = 0
         self.fail = False
+        self.fail_next = 0  # this many upcoming dials fail, then they succeed again
         self.gate: asyncio.Event | None = None  # when set, dials wait on it
 
     async def dial(self, account_id: str) -> FakeConn:
+        self.attempts += 1
         if self.gate is not None:
             await self.gate.wait()
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            raise ConnectionRefusedError("upstream refused")
         if self.fail:
             raise ConnectionRefusedError("upstream refused")
-        conn = FakeConn(f"{account_id}:{next(self._ids)}")
+        conn = FakeConn(f"{account_id}:{next(self._ids)}", self._clock)
         self.dialed.append(conn)
         return conn
+
+    def by_id(self, conn_id: str) -> FakeConn:
+        return next(conn for conn in self.dialed if conn.conn_id == conn_id)
