@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -56,17 +57,23 @@ def main() -> None:
     parser.add_argument("--key", default="sk-sim-a")
     parser.add_argument("--ws", default="websockets-sansio")
     args = parser.parse_args()
-    uvicorn.run(
-        build(args.upstream, args.key),
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        ws=args.ws,
-        ws_per_message_deflate=False,
-        ws_ping_interval=None,
-        log_level="warning",
-        access_log=False,
-    )
+    uvicorn.run(build(args.upstream, args.key), port=args.port, **uvicorn_kwargs(args.ws))
+
+
+def uvicorn_kwargs(ws: str = "websockets-sansio") -> dict[str, Any]:
+    """The gateway's uvicorn settings (gateway/server.py), so only the relay logic differs."""
+    return {
+        "host": "127.0.0.1",
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": ws,
+        "ws_max_size": 16 * 1024 * 1024,
+        "ws_per_message_deflate": False,
+        "ws_ping_interval": None,
+        "ws_ping_timeout": None,
+        "log_level": "warning",
+        "access_log": False,
+    }
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ class Scenario:
     turns: int
     prompt: str
     warm: bool = False  # one unrecorded turn per socket, then all start together
+    turns_per_socket: int = 0  # >0: a client reconnects after this many turns (new socket)
+    # Warm runs: client i starts i/concurrency * stagger_s after the barrier, so paced
+    # streams are spread evenly in phase instead of all 1,000 emitting in the same instant.
+    stagger_s: float = 0.0
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -34,9 +38,34 @@ async def _client(
     prompt: str,
     out: dict[str, Any],
     barrier: asyncio.Barrier | None,
+    per_socket: int,
+    start_delay: float,
+) -> None:
+    if per_socket <= 0:
+        await _socket(url, headers, turns, prompt, out, barrier, start_delay)
+        return
+    while turns > 0:  # a client that reconnects: fresh sockets, same traffic
+        batch = min(per_socket, turns)
+        try:
+            await _socket(url, headers, batch, prompt, out, None, 0.0)
+        except Exception as exc:  # e.g. a refused handshake: a client-visible failure
+            out["connect_failures"] += 1
+            out["failure_samples"].append(repr(exc)[:200])
+        turns -= batch
+
+
+async def _socket(
+    url: str,
+    headers: dict[str, str],
+    turns: int,
+    prompt: str,
+    out: dict[str, Any],
+    barrier: asyncio.Barrier | None,
+    start_delay: float,
 ) -> None:
     from websockets.asyncio.client import connect
 
+    out["sockets_opened"] = out.get("sockets_opened", 0) + 1
     async with connect(
         url, additional_headers=headers, max_size=None, ping_interval=None, open_timeout=30
     ) as ws:
@@ -44,6 +73,7 @@ async def _client(
             scratch: dict[str, Any] = {"lat": [], "ttft": [], "events": 0, "turns": 0, "errors": 0}
             await _turns(ws, 1, "warm [[sim deltas=1]]", scratch)
             await barrier.wait()
+            await asyncio.sleep(start_delay)
         await _turns(ws, turns, prompt, out)
 
 
@@ -107,35 +137,59 @@ async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any]) -> None:
                 break
 
 
-async def _load(
-    url: str, headers: dict[str, str], concurrency: int, turns: int, prompt: str, warm: bool
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"lat": [], "ttft": [], "events": 0, "turns": 0, "errors": 0}
-    barrier = asyncio.Barrier(concurrency) if warm else None
+async def _load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "lat": [],
+        "ttft": [],
+        "events": 0,
+        "turns": 0,
+        "errors": 0,
+        "connect_failures": 0,
+        "failure_samples": [],
+    }
+    barrier = asyncio.Barrier(sc.concurrency) if sc.warm else None
     started = time.perf_counter()
+    cpu_started = time.process_time()
     results = await asyncio.gather(
-        *(_client(url, headers, turns, prompt, out, barrier) for _ in range(concurrency)),
+        *(
+            _client(
+                url,
+                headers,
+                sc.turns,
+                sc.prompt,
+                out,
+                barrier,
+                sc.turns_per_socket,
+                i / sc.concurrency * sc.stagger_s,
+            )
+            for i in range(sc.concurrency)
+        ),
         return_exceptions=True,
     )
     out["elapsed"] = time.perf_counter() - started
-    out["failures"] = [repr(r) for r in results if isinstance(r, BaseException)][:3]
+    out["load_cpu_s"] = time.process_time() - cpu_started
+    crashed = [repr(r)[:200] for r in results if isinstance(r, BaseException)]
+    out["crashed_clients"] = len(crashed)
+    out["failures"] = (crashed + out.pop("failure_samples"))[:3]
     return out
 
 
-def _load_process(args: tuple[str, dict[str, str], int, int, str, bool], queue: Any) -> None:
+def _load_process(args: tuple[str, dict[str, str], Scenario], queue: Any) -> None:
     pin(0, 1)
+    import gc
+
     import uvloop
 
+    # The measuring instrument should not pause: no cyclic GC in the load generator
+    # (its garbage goes by refcount; the process lives for one scenario).
+    gc.disable()
     queue.put(uvloop.run(_load(*args)))
 
 
 def run_load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(
-        target=_load_process,
-        args=((url, headers, sc.concurrency, sc.turns, sc.prompt, sc.warm), queue),
-    )
+    proc = ctx.Process(target=_load_process, args=((url, headers, sc), queue))
     proc.start()
     deadline = time.monotonic() + 900
     while True:

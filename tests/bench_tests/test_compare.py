@@ -10,46 +10,68 @@ from bench.compare import compare, main
 
 
 def result(
-    cpu: float, p99: float, tps: float, retry: float, exhausted: float, reuse: float
+    cpu: float = 20.0,
+    p99: float = 0.4,
+    tps: float = 500.0,
+    blocks: float = 10.0,
+    retry: float = 1.03,
+    exhausted: float = 0.0,
+    reuse: float = 88.0,
 ) -> dict[str, Any]:
-    path = {"cpu_us_per_event": cpu, "added_ms": {"p95": p99 / 2, "p99": p99}, "turns_per_s": tps}
     return {
-        "scenarios": {"text-c1": {"direct": {"turns_per_s": 900.0}, "ctx_pool": path}},
+        "scenarios": {
+            "text-c100": {
+                "direct": {"turns_per_s": 900.0, "cpu_us_per_event": None},
+                "ctx_pool": {"cpu_us_per_event": cpu, "turns_per_s": tps},
+            },
+            "paced-c1000": {
+                "ctx_pool": {"cpu_us_per_event": None, "added_ms": {"p50": 0.1, "p99": p99}}
+            },
+        },
+        "alloc": {"ctx_pool": {"net_blocks_per_turn": blocks}},
         "faults": {
-            "retry_attempts_per_turn": retry,
-            "retry_exhausted_pct": exhausted,
-            "fallback_rate_pct": 0.0,
-            "pool_reuse_pct": reuse,
+            "ctx_pool": {
+                "retry_attempts_per_turn": retry,
+                "retry_exhausted_pct": exhausted,
+                "fallback_rate_pct": 0.0,
+                "pool_reuse_pct": reuse,
+            }
         },
     }
 
 
 def test_noise_is_not_a_regression() -> None:
-    old = result(20.0, 0.4, 500.0, 1.03, 0.0, 88.0)
-    new = result(21.0, 0.45, 480.0, 1.05, 0.2, 86.0)
+    old = result()
+    new = result(cpu=21.0, p99=0.6, tps=460.0, blocks=11.5, retry=1.06, exhausted=0.3, reuse=85.0)
     assert compare(old, new) == []
 
 
 def test_each_kind_of_regression_is_flagged() -> None:
-    old = result(20.0, 0.4, 500.0, 1.03, 0.0, 88.0)
-    new = result(30.0, 0.9, 300.0, 1.2, 1.0, 70.0)
-    names = {f.figure for f in compare(old, new)}
-    assert names == {
-        "text-c1/ctx_pool/cpu_us_per_event",
-        "text-c1/ctx_pool/added_p95_ms",
-        "text-c1/ctx_pool/added_p99_ms",
-        "text-c1/ctx_pool/turns_per_s",
-        "faults/retry_attempts_per_turn",
-        "faults/retry_exhausted_pct",
-        "faults/pool_reuse_pct",
+    old = result()
+    new = result(cpu=30.0, p99=2.0, tps=300.0, blocks=40.0, retry=1.2, exhausted=1.0, reuse=70.0)
+    assert {f.figure for f in compare(old, new)} == {
+        "text-c100/ctx_pool/cpu_us_per_event",
+        "text-c100/ctx_pool/turns_per_s",
+        "paced-c1000/ctx_pool/added_p99_ms",
+        "alloc/ctx_pool/net_blocks_per_turn",
+        "faults/ctx_pool/retry_attempts_per_turn",
+        "faults/ctx_pool/retry_exhausted_pct",
+        "faults/ctx_pool/pool_reuse_pct",
     }
 
 
+def test_figures_missing_from_the_old_run_are_not_compared() -> None:
+    old = result()
+    del old["alloc"]
+    assert compare(old, result(blocks=1000.0)) == []
+
+
 def test_improvements_pass_and_cli_exit_codes(tmp_path: Path) -> None:
-    old, better, worse = tmp_path / "old.json", tmp_path / "new.json", tmp_path / "worse.json"
-    old.write_text(json.dumps(result(20.0, 0.4, 500.0, 1.1, 0.3, 80.0)))
-    better.write_text(json.dumps(result(10.0, 0.2, 900.0, 1.0, 0.0, 95.0)))
-    worse.write_text(json.dumps(result(40.0, 0.4, 500.0, 1.1, 0.3, 80.0)))
+    old, better, worse = tmp_path / "old.json", tmp_path / "better.json", tmp_path / "worse.json"
+    old.write_text(json.dumps(result(retry=1.1, exhausted=0.3, reuse=80.0)))
+    better.write_text(json.dumps(result(cpu=10.0, p99=0.1, tps=900.0, blocks=1.0, retry=1.0)))
+    worse.write_text(json.dumps(result(cpu=40.0, retry=1.1, exhausted=0.3, reuse=80.0)))
     assert main([str(old), str(better)]) == 0
     assert main([str(old), str(worse)]) == 1
     assert main([str(old), str(worse), "--tolerance", "cpu=2.0"]) == 0
+    assert main([str(old), str(worse), "--slack", "cpu=25"]) == 0
