@@ -1,0 +1,82 @@
+"""Shared helpers for the statestore tests: an injected clock, recording hooks, a
+connection class that counts round trips."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio.connection import Connection
+
+from statestore import StateStore, TurnBinding
+from statestore.redisstore import RedisStore
+
+PENDING = {"call_1": "function_call", "call_2": "custom_tool_call"}
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class RecordingHooks:
+    def __init__(self) -> None:
+        self.ops: list[tuple[str, bool]] = []
+        self.cache: list[bool] = []
+        self.bind_failures: list[tuple[str, str, str, str]] = []
+
+    def on_op(self, op: str, seconds: float, ok: bool) -> None:
+        assert seconds >= 0
+        self.ops.append((op, ok))
+
+    def on_cache(self, hit: bool) -> None:
+        self.cache.append(hit)
+
+    def on_bind_failure(self, group: str, account_id: str, response_id: str, error: str) -> None:
+        self.bind_failures.append((group, account_id, response_id, error))
+
+
+def binding(rid: str = "resp_1", **overrides: Any) -> TurnBinding:
+    fields: dict[str, Any] = {
+        "group": "g",
+        "account_id": "acct-a",
+        "response_id": rid,
+        "session_key": "sess-1",
+        "pending_calls": dict(PENDING),
+        "turn_state": "ts-1",
+        "conn_id": "gw:acct-a:1",
+    }
+    fields.update(overrides)
+    return TurnBinding(**fields)
+
+
+def as_redis(store: StateStore) -> RedisStore:
+    assert isinstance(store, RedisStore)
+    return store
+
+
+async def count_round_trips(store: StateStore) -> list[int]:
+    """On a fresh store (no connection yet): make its connections log each socket write
+    (a pipeline is one write, hence one round trip), warm one connection, and return
+    the emptied log that later operations append to."""
+    writes: list[int] = []
+
+    class CountingConnection(Connection):
+        async def send_packed_command(
+            self, command: bytes | str | Iterable[bytes], check_health: bool = True
+        ) -> None:
+            writes.append(id(self))
+            await super().send_packed_command(command, check_health)
+
+    redis_store = as_redis(store)
+    redis_store.pool.connection_class = CountingConnection
+    assert await store.ping()
+    assert writes, "the store had dialled before the counting class was installed"
+    writes.clear()
+    return writes
