@@ -15,6 +15,7 @@ from starlette.websockets import WebSocket
 
 from gateway.config import Config, load_config
 from gateway.context import GatewayContext
+from gateway.drain import SignalDrain
 from gateway.events import error_json
 from gateway.forward.ctx_pool import CtxPoolForwarder
 from gateway.forward.passthrough import PassthroughForwarder
@@ -181,20 +182,29 @@ class Gateway:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.ctx.start()
+        server_cfg = self.ctx.cfg.server
+        signals = SignalDrain(
+            lambda: self.drain(server_cfg.drain_timeout_s, server_cfg.drain_close_code)
+        )
+        signals.install()
         try:
             yield
         finally:
+            signals.uninstall()
             await self.ctx.aclose()
 
     async def drain(self, timeout: float, close_code: int) -> None:
-        """R-26: refuse new sockets and turns, let turns finish, then close clients.
+        """Refuse new sockets and turns, let turns finish, then close clients.
 
         Idle client sockets are closed at once, so clients reconnect (through the load
         balancer, to another instance) before their next turn; a socket with a turn in
         flight is closed right after its terminal event.
         """
         ctx = self.ctx
+        if ctx.draining:
+            return
         ctx.draining = True
+        log.info("draining", extra={"event": "drain_start", "timeout_s": timeout})
         for session in list(ctx.registry.sessions):
             await session.begin_drain(close_code)
         finished = await ctx.registry.wait_idle(timeout)

@@ -78,6 +78,7 @@ class OpenAIWSConfig(_Section):
     beta_version: Literal["v1", "v2"] = "v2"
     dial_timeout_s: PositiveFloat = 10.0
     read_timeout_s: PositiveFloat = 900.0
+    liveness_interval_s: NonNegFloat = 10.0
     write_timeout_s: PositiveFloat = 120.0
     min_idle_per_account: NonNegInt = 0
     max_idle_per_account: NonNegInt = 12

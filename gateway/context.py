@@ -6,6 +6,7 @@ Forwarders get one ``GatewayContext`` and nothing global.
 from __future__ import annotations
 
 import time
+import weakref
 from collections import defaultdict
 
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -101,19 +102,24 @@ class GatewayContext:
         self.active: dict[str, int] = defaultdict(int)  # account -> turns/sockets in use
         self._cooldown_until: dict[str, float] = {}
         # Which response each upstream socket holds in its connection-local cache: with
-        # store:false only that one can be continued on that socket (PROTOCOL §5).
-        self._conn_holds: dict[str, str] = {}
+        # store:false only that one can be continued on that socket. Keyed weakly by the
+        # socket object, so an entry goes away with the socket the pool dropped.
+        self._conn_holds: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         self.draining = False
 
     # -- upstream socket state -------------------------------------------------------
-    def conn_remember(self, conn_id: str, response_id: str) -> None:
-        self._conn_holds[conn_id] = response_id
+    def conn_remember(self, conn: object, response_id: str) -> None:
+        self._conn_holds[conn] = response_id
 
-    def conn_forget(self, conn_id: str) -> None:
-        self._conn_holds.pop(conn_id, None)
+    def conn_forget(self, conn: object) -> None:
+        self._conn_holds.pop(conn, None)
 
-    def conn_holds(self, conn_id: str) -> str | None:
-        return self._conn_holds.get(conn_id)
+    def conn_holds(self, conn: object) -> str | None:
+        return self._conn_holds.get(conn)
+
+    @property
+    def conn_holds_count(self) -> int:
+        return len(self._conn_holds)
 
     def refresh_gauges(self) -> None:
         m = self.metrics
@@ -122,15 +128,6 @@ class GatewayContext:
             m.pool_size.labels(account_id, "leased").set(stats.leased)
             m.pool_size.labels(account_id, "total").set(stats.size)
             m.pool_reuse.labels(account_id).set(stats.reuse_ratio)
-        live = {conn_id for conn_id in self._conn_holds if not self.pools_has(conn_id)}
-        for conn_id in live:
-            self._conn_holds.pop(conn_id, None)
-
-    def pools_has(self, conn_id: str) -> bool:
-        account_id = conn_id.split(":")[1] if conn_id.count(":") >= 2 else ""
-        if account_id not in self.accounts:
-            return False
-        return self.pools.pool(account_id).has_conn(conn_id)
 
     # -- protocol and account choice -------------------------------------------------
     def cooling_down(self, account_id: str) -> bool:

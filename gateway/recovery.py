@@ -18,7 +18,12 @@ from gateway.upstream.ws import (
     UpstreamClosed,
     UpstreamError,
 )
+from normalizer import RequestSnapshot, aborted_output
 from pool import DialFailed, PoolExhausted
+
+# Each pairing repair fixes one call id the upstream named; a request with more broken
+# pairs than this is handed back to the client rather than resent again and again.
+MAX_REPAIRS = 8
 
 
 class Failure(StrEnum):
@@ -32,6 +37,7 @@ class Failure(StrEnum):
     TIMEOUT = "read_timeout"
     PREVIOUS_NOT_FOUND = "previous_response_not_found"
     TOOL_OUTPUT_MISSING = "tool_output_missing"
+    ORPHAN_OUTPUT = "tool_call_missing"  # an output whose call the upstream never saw
     CONNECTION_LIMIT = "websocket_connection_limit_reached"
     ERROR_TRANSIENT = "upstream_server_error"
     ERROR_FINAL = "upstream_request_error"  # the upstream rejected the request itself
@@ -42,6 +48,8 @@ class Action(StrEnum):
     RETRY = "retry"  # same request, another socket, after backoff
     ALIGN = "align_previous_response_id"  # retry with previous_response_id = session's last
     REPLAY = "replay_full_transcript"  # drop previous_response_id, full transcript, fresh socket
+    DROP_ORPHAN_OUTPUT = "drop_orphan_output"  # remove the output the upstream named, resend
+    ABORT_MISSING_OUTPUT = "abort_missing_output"  # answer the named call "aborted", resend
     FALLBACK_HTTP = "fallback_http"  # one policy failure: same request over HTTP, cooldown
     RELAY_ERROR = "relay_upstream_error"  # give the client the upstream's own error event
     FAIL = "fail"  # give the client the gateway's error event
@@ -93,6 +101,8 @@ def classify_error_event(err: UpstreamErrorInfo) -> Failure:
         return Failure.PREVIOUS_NOT_FOUND
     if err.is_tool_output_missing:
         return Failure.TOOL_OUTPUT_MISSING
+    if err.orphan_output_call_id is not None:
+        return Failure.ORPHAN_OUTPUT
     if err.is_connection_limit:
         return Failure.CONNECTION_LIMIT
     status = err.status or 0
@@ -126,6 +136,7 @@ class TurnAttempts:
     retries: int = 0
     tried: set[Action] = field(default_factory=set)
     replayed: set[Failure] = field(default_factory=set)  # each failure kind gets one replay
+    repairs: int = 0  # outputs dropped or injected after the upstream named them
 
 
 def next_action(
@@ -149,7 +160,13 @@ def next_action(
     if failure is Failure.TOOL_OUTPUT_MISSING:
         if recovery_enabled and has_transcript and failure not in state.replayed:
             return Action.REPLAY
+        if recovery_enabled and state.repairs < MAX_REPAIRS:
+            return Action.ABORT_MISSING_OUTPUT
         return Action.FAIL  # never the raw "No tool output found": Codex treats it as fatal
+    if failure is Failure.ORPHAN_OUTPUT:
+        if recovery_enabled and state.repairs < MAX_REPAIRS:
+            return Action.DROP_ORPHAN_OUTPUT
+        return Action.RELAY_ERROR
     if failure in (Failure.HANDSHAKE_POLICY, Failure.CLOSED_POLICY):
         return Action.FALLBACK_HTTP if Action.FALLBACK_HTTP not in state.tried else Action.FAIL
     if failure is Failure.ERROR_FINAL or failure is Failure.TOO_BIG:
@@ -163,3 +180,30 @@ def next_action(
             return Action.FAIL
         return Action.RETRY
     return Action.FAIL
+
+
+def repair_pairing(request: RequestSnapshot, error: UpstreamErrorInfo) -> RequestSnapshot | None:
+    """The request with the pairing fault the upstream named fixed, or None when there is
+    nothing to fix here (the named item is not in this request).
+
+    "No tool call found for ... output with call_id X": the output for X is dropped.
+    "No tool output found for function call X": an "aborted" output for X is added, right
+    after the call when the call is in this request, else first (the call belongs to the
+    previous response).
+    """
+    items = request.items
+    orphan = error.orphan_output_call_id
+    if orphan is not None:
+        kept = [i for i in items if not (i.call_id == orphan and i.type.endswith("_output"))]
+        return None if len(kept) == len(items) else request.with_items(kept)
+    missing = error.missing_output_call
+    if missing is None:
+        return None
+    kind, call_id = missing
+    if any(i.call_id == call_id and i.type.endswith("_output") for i in items):
+        return None
+    for index, item in enumerate(items):
+        if item.call_id == call_id:
+            answer = aborted_output(item.type, call_id)
+            return request.with_items((*items[: index + 1], answer, *items[index + 1 :]))
+    return request.with_items((aborted_output(kind, call_id), *items))

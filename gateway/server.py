@@ -1,12 +1,10 @@
-"""uvicorn server with a draining shutdown (R-26), for one process or ``--workers N``."""
+"""uvicorn server for one process or ``--workers N``; the app drains on SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from socket import socket
-from types import FrameType
 
 import uvicorn
 from uvicorn.supervisors import multiprocess
@@ -17,48 +15,8 @@ log = logging.getLogger("gateway.server")
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn.Server whose first SIGTERM/SIGINT drains turns before shutting down.
-
-    uvicorn's own shutdown closes WebSockets with 1012 at once; we first fail /readyz,
-    refuse new sockets and turns, wait for in-flight turns up to the drain timeout,
-    close clients with the configured code, and only then let uvicorn exit. A second
-    signal exits at once.
-    """
-
-    _drain_task: asyncio.Task[None] | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        gateway = _find_gateway(getattr(self.config, "loaded_app", None))
-        if gateway is None or self._drain_task is not None or self.should_exit:
-            super().handle_exit(sig, frame)
-            return
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(self._start_drain, gateway)
-
-    def _start_drain(self, gateway: object) -> None:
-        self._drain_task = asyncio.get_event_loop().create_task(self._drain(gateway))
-
-    async def _drain(self, gateway: object) -> None:
-        server_cfg = gateway.ctx.cfg.server  # type: ignore[attr-defined]
-        log.info(
-            "draining", extra={"event": "drain_start", "timeout_s": server_cfg.drain_timeout_s}
-        )
-        try:
-            await gateway.drain(server_cfg.drain_timeout_s, server_cfg.drain_close_code)  # type: ignore[attr-defined]
-        finally:
-            self.should_exit = True
-
-
-def _find_gateway(app: object) -> object | None:
-    # uvicorn wraps the app in middleware; walk down to the Starlette app.
-    for _ in range(10):
-        if app is None:
-            return None
-        state = getattr(app, "state", None)
-        if state is not None and hasattr(state, "gateway"):
-            return state.gateway  # type: ignore[no-any-return]
-        app = getattr(app, "app", None)
-    return None
+    """The uvicorn server we run. Draining on SIGTERM/SIGINT is not done here but by the
+    app's lifespan (``gateway.drain``), so it works under the plain uvicorn CLI as well."""
 
 
 class DrainingProcess(multiprocess.Process):

@@ -8,6 +8,7 @@ Only created/terminal/error frames get a typed decode; deltas cost one prefix ch
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -21,6 +22,11 @@ from gateway.events import (
     peek_error,
     peek_response,
     pending_calls,
+)
+
+_ORPHAN_OUTPUT = re.compile(r"No tool call found for [a-z ]*output with call_id ([^\s.]+)", re.I)
+_MISSING_OUTPUT = re.compile(
+    r"No tool output found for ((?:custom )?tool call|function call) ([^\s.]+)", re.I
 )
 
 
@@ -49,6 +55,24 @@ class UpstreamErrorInfo:
     @property
     def is_tool_output_missing(self) -> bool:
         return "no tool output found" in self.message.lower()
+
+    @property
+    def orphan_output_call_id(self) -> str | None:
+        """The call id of "No tool call found for ... output with call_id X": the request
+        carries an output whose call the upstream never saw."""
+        match = _ORPHAN_OUTPUT.search(self.message)
+        return match.group(1) if match else None
+
+    @property
+    def missing_output_call(self) -> tuple[str, str] | None:
+        """(call kind, call id) of "No tool output found for function call X"."""
+        match = _MISSING_OUTPUT.search(self.message)
+        if match is None:
+            return None
+        kind = (
+            "custom_tool_call" if match.group(1).lower().startswith("custom") else "function_call"
+        )
+        return kind, match.group(2)
 
     @property
     def is_connection_limit(self) -> bool:

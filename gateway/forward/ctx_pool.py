@@ -24,7 +24,9 @@ from gateway.auth import ClientIdentity
 from gateway.config import Account
 from gateway.context import GatewayContext
 from gateway.events import error_event
+from gateway.forward.binder import BindWriter
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
+from gateway.forward.liveness import recv_live
 from gateway.recovery import (
     Action,
     Failure,
@@ -33,6 +35,7 @@ from gateway.recovery import (
     classify_error_event,
     classify_exception,
     next_action,
+    repair_pairing,
 )
 from gateway.session import ClientSink
 from gateway.tracing import mark_error
@@ -112,6 +115,13 @@ class CtxPoolForwarder:
         self.rng = random.Random()
         self.trace_parent = ctx.tracing.parent_context(headers)
         self.facts = TurnFacts()
+        registry = ctx.registry
+        self.binder = BindWriter(
+            ctx.store,
+            tracing=ctx.tracing,
+            on_busy=registry.turn_started,
+            on_idle=registry.turn_finished,
+        )
 
     async def handshake_turn_state(self) -> str | None:
         """Echo the client's token, else the session's stored one, else mint one (R-05)."""
@@ -189,9 +199,11 @@ class CtxPoolForwarder:
     async def _continuation(self, request: RequestSnapshot) -> _Continuation:
         prev = request.previous_response_id
         store = self.ctx.store
-        if prev is not None and prev == self.last_response_id:
+        last = self.last_response_id
+        if last is not None and (prev == last or prev is None):
+            # This socket's own state answers the next turn: it never waits on the store.
             return _Continuation(
-                prev, self.last_account_id, self.last_pending, self.last_conn_id, prev
+                last, self.last_account_id, self.last_pending, self.last_conn_id, last
             )
         found = await store.lookup(self.group, response_id=prev, session_key=self.session_key)
         session_last = self.last_response_id or found.session_last_response_id
@@ -226,7 +238,7 @@ class CtxPoolForwarder:
         ctx = self.ctx
         metrics = ctx.metrics
         attempts = TurnAttempts()
-        started = time.monotonic()
+        first_failure_at: float | None = None  # the retry budget runs from the first failure
         fresh_socket = False
         while True:
             resolution = ctx.resolution(account)
@@ -241,12 +253,14 @@ class CtxPoolForwarder:
                 failure, error, detail = failed.failure, failed.error, failed.detail
             if sink.gone:
                 return "client_gone"
+            if first_failure_at is None:
+                first_failure_at = time.monotonic()
             backoff = self.policy.backoff(attempts.retries + 1, self.rng)
             action = next_action(
                 failure,
                 attempts,
                 self.policy,
-                elapsed_s=time.monotonic() - started,
+                elapsed_s=time.monotonic() - first_failure_at,
                 next_backoff_s=backoff,
                 can_align=bool(
                     cont.session_last
@@ -279,6 +293,14 @@ class CtxPoolForwarder:
                 metrics.retry_attempts.labels(failure.value).inc()
                 await asyncio.sleep(backoff)
                 continue
+            if action in (Action.DROP_ORPHAN_OUTPUT, Action.ABORT_MISSING_OUTPUT):
+                repaired = repair_pairing(request, error) if error is not None else None
+                if repaired is not None:
+                    attempts.repairs += 1
+                    metrics.recoveries.labels(action.value, "attempted").inc()
+                    request = repaired
+                    continue
+                action = Action.RELAY_ERROR if error is not None else Action.FAIL
             if action is Action.ALIGN:
                 assert cont.session_last is not None
                 metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
@@ -386,7 +408,7 @@ class CtxPoolForwarder:
                     await conn.send_text(payload, timeout=ws_cfg.write_timeout_s)
                 await self._relay(conn, tracker, sink)
             except (UpstreamError, TimeoutError, OSError) as exc:
-                ctx.conn_forget(lease.conn_id)
+                ctx.conn_forget(conn)
                 if tracker.events > 0 and not (tracker.events == 1 and tracker.error):
                     # Events already reached the client: no retry (R-21); the socket stays usable.
                     await self._client_error(
@@ -399,7 +421,7 @@ class CtxPoolForwarder:
                     return "interrupted"
                 raise _AttemptFailed(classify_exception(exc), detail=str(exc)) from None
             if tracker.error is not None:
-                ctx.conn_forget(lease.conn_id)
+                ctx.conn_forget(conn)
                 if tracker.events == 1:
                     raise _AttemptFailed(
                         classify_error_event(tracker.error),
@@ -408,20 +430,21 @@ class CtxPoolForwarder:
                     )
                 return "error"  # relayed mid-stream; the error event was the terminal
             broken = False
-            await self._finish(sent, tracker, account, lease, sink)
-            return tracker.outcome.value if tracker.outcome else "unknown"
         finally:
             broken = broken or conn.closed
             if not broken:
                 conn.watch_idle()  # notice an upstream close while the socket sits in the pool
+            # The socket goes back at the terminal event: the binding write never holds it.
             lease.release(broken=broken, bound=(not broken and request.store is not True))
+        self._finish(sent, tracker, account, conn, sink)
+        return tracker.outcome.value if tracker.outcome else "unknown"
 
     def _prepare(
         self, request: RequestSnapshot, cont: _Continuation, lease: Lease
     ) -> tuple[RequestSnapshot | None, Decision]:
         """Normalize for this socket; expand to the full transcript when the socket lacks the state."""
         prev = request.previous_response_id
-        holder = self.ctx.conn_holds(lease.conn_id)
+        holder = self.ctx.conn_holds(lease.conn)
         store_true = request.store is True
         anchor = cont.anchor if cont.anchor is not None else prev
         available = store_true or (holder is not None and holder == anchor)
@@ -446,15 +469,24 @@ class CtxPoolForwarder:
         return result.request, result.decision
 
     async def _relay(self, conn: UpstreamWS, tracker: TurnTracker, sink: ClientSink) -> None:
-        read_timeout = self.ctx.cfg.openai_ws.read_timeout_s
+        ws_cfg = self.ctx.cfg.openai_ws
         added = self.ctx.metrics.added_latency.labels(MODE)
         send = sink.send
         observe = tracker.observe
+
+        async def recv() -> str | bytes:
+            return await recv_live(
+                conn,
+                silence_s=ws_cfg.liveness_interval_s,
+                pong_timeout_s=ws_cfg.ping_timeout_s,
+                read_timeout_s=ws_cfg.read_timeout_s,
+            )
+
         with self.ctx.tracing.child("upstream.first_byte"):
-            first = await conn.recv(timeout=read_timeout)
+            first = await recv()
         conn.push_back(first)
         while True:
-            message = await conn.recv(timeout=read_timeout)
+            message = await recv()
             received = time.perf_counter()
             etype = observe(message)
             if etype == "error" and tracker.events == 1:
@@ -464,14 +496,16 @@ class CtxPoolForwarder:
             if tracker.done:
                 return
 
-    async def _finish(
+    def _finish(
         self,
         sent: RequestSnapshot,
         tracker: TurnTracker,
         account: Account,
-        lease: Lease | None,
+        conn: UpstreamWS | None,
         sink: ClientSink,
     ) -> None:
+        """Record what the turn left behind. Synchronous: the client may already have sent
+        its next request, which must find this socket's state updated."""
         ctx = self.ctx
         metrics = ctx.metrics
         metrics.events.labels(MODE).inc(tracker.events)
@@ -482,32 +516,31 @@ class CtxPoolForwarder:
         response_id = tracker.response_id
         if not response_id:
             return
-        conn_id = lease.conn_id if lease is not None else None
-        if conn_id is not None:
-            ctx.conn_remember(conn_id, response_id)
+        if conn is not None:
+            ctx.conn_remember(conn, response_id)
         self.transcript.record(sent, tracker.output, response_id)
-        await self._remember(response_id, tracker, account, conn_id)
+        self._remember(response_id, tracker, account, conn)
 
-    async def _remember(
-        self, response_id: str, tracker: TurnTracker, account: Account, conn_id: str | None
+    def _remember(
+        self, response_id: str, tracker: TurnTracker, account: Account, conn: UpstreamWS | None
     ) -> None:
-        """The socket's continuation state, then the shared binding in one round trip."""
+        """The socket's continuation state now; the shared binding queued behind it."""
+        conn_id = conn.conn_id if conn is not None else None
         self.last_response_id = response_id
         self.last_account_id = account.id
         self.last_conn_id = conn_id
         self.last_pending = dict(tracker.pending)
-        with self.ctx.tracing.child("statestore.bind"):
-            await self.ctx.store.bind_turn(
-                TurnBinding(
-                    group=self.group,
-                    account_id=account.id,
-                    response_id=response_id,
-                    session_key=self.session_key,
-                    pending_calls=dict(tracker.pending),
-                    turn_state=self.turn_state,
-                    conn_id=conn_id,
-                )
+        self.binder.submit(
+            TurnBinding(
+                group=self.group,
+                account_id=account.id,
+                response_id=response_id,
+                session_key=self.session_key,
+                pending_calls=dict(tracker.pending),
+                turn_state=self.turn_state,
+                conn_id=conn_id,
             )
+        )
 
     # -- HTTP fallback (R-22) and local answers ------------------------------------------
     async def _serve_http(
@@ -540,12 +573,12 @@ class CtxPoolForwarder:
         if tracker.error is None:
             # HTTP has no upstream socket: the transcript alone carries the conversation.
             self.transcript.record(full, tracker.output, tracker.response_id or "")
-            await self._finish_http(tracker, account, sink)
+            self._finish_http(tracker, account)
         return "http_" + (tracker.outcome.value if tracker.outcome else "unknown")
 
-    async def _finish_http(self, tracker: TurnTracker, account: Account, sink: ClientSink) -> None:
+    def _finish_http(self, tracker: TurnTracker, account: Account) -> None:
         if tracker.response_id:
-            await self._remember(tracker.response_id, tracker, account, None)
+            self._remember(tracker.response_id, tracker, account, None)
 
     async def _previous_not_found(self, sink: ClientSink, request: RequestSnapshot) -> None:
         """Ask the client for a full replay: Codex resends everything on a new socket."""
@@ -581,3 +614,4 @@ class CtxPoolForwarder:
 
     async def aclose(self) -> None:
         self.transcript.close()
+        await self.binder.flush()

@@ -96,24 +96,32 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
 
+ENTRY_POINTS = ("module", "uvicorn")
+
+
+def gateway_command(entry: str, config_path: str, port: int, workers: int) -> list[str]:
+    """The command line of a gateway process, for each way an operator starts one."""
+    common = ("--host", "127.0.0.1", "--port", str(port), "--workers", str(workers))
+    if entry == "module":
+        return python_module("gateway", "--config", config_path, *common)
+    if entry == "uvicorn":
+        # The documented factory under the plain uvicorn CLI; the config comes from the env.
+        return python_module(
+            "uvicorn", "gateway.app:create_app", "--factory", "--loop", "uvloop", *common
+        )
+    raise ValueError(f"unknown entry point {entry!r}")
+
+
 @contextmanager
-def run_gateway(config: dict[str, object], *, workers: int = 1) -> Iterator[GatewayProcess]:
+def run_gateway(
+    config: dict[str, object], *, workers: int = 1, entry: str = "module"
+) -> Iterator[GatewayProcess]:
     port = free_port()
     fd, path = tempfile.mkstemp(prefix="gw-config-", suffix=".toml")
     with os.fdopen(fd, "w") as fh:
         fh.write(toml_dumps(config))
-    args = python_module(
-        "gateway",
-        "--config",
-        path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    )
-    proc = ManagedProcess(args).start(wait_port=port)
+    args = gateway_command(entry, path, port, workers)
+    proc = ManagedProcess(args, env={"GATEWAY_CONFIG": path}).start(wait_port=port)
     try:
         yield GatewayProcess(proc, port, path)
     finally:

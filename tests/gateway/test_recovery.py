@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 
 import pytest
 
 from gateway.recovery import (
+    MAX_REPAIRS,
     TRANSIENT,
     Action,
     Failure,
@@ -16,6 +18,7 @@ from gateway.recovery import (
     classify_error_event,
     classify_exception,
     next_action,
+    repair_pairing,
 )
 from gateway.turn import UpstreamErrorInfo
 from gateway.upstream.ws import (
@@ -25,6 +28,7 @@ from gateway.upstream.ws import (
     UpstreamClosed,
     UpstreamProtocolError,
 )
+from normalizer import RequestSnapshot, decode_request, encode_request
 from pool import DialFailed, PoolExhausted
 
 
@@ -163,8 +167,11 @@ def decide(
     has_transcript: bool = False,
     recovery_enabled: bool = True,
     policy: RetryPolicy = POLICY,
+    repairs: int = 0,
 ) -> Action:
-    state = TurnAttempts(attempts=attempts, tried=tried or set(), replayed=replayed or set())
+    state = TurnAttempts(
+        attempts=attempts, tried=tried or set(), replayed=replayed or set(), repairs=repairs
+    )
     return next_action(
         failure,
         state,
@@ -179,6 +186,7 @@ def decide(
 
 PNF = Failure.PREVIOUS_NOT_FOUND
 TOM = Failure.TOOL_OUTPUT_MISSING
+ORPHAN = Failure.ORPHAN_OUTPUT
 
 
 @pytest.mark.parametrize(
@@ -197,12 +205,20 @@ TOM = Failure.TOOL_OUTPUT_MISSING
             Action.FAIL,
         ),
         (PNF, {"can_align": True, "has_transcript": True, "recovery_enabled": False}, Action.FAIL),
-        # tool output missing: replay once, then fail; never relay, never align
+        # tool output missing: replay once, then answer the named call "aborted" a bounded
+        # number of times, then fail; never relay, never align
         (TOM, {"has_transcript": True}, Action.REPLAY),
         (TOM, {"has_transcript": True, "can_align": True}, Action.REPLAY),
-        (TOM, {"has_transcript": True, "replayed": {TOM}}, Action.FAIL),
-        (TOM, {"has_transcript": False}, Action.FAIL),
+        (TOM, {"has_transcript": True, "replayed": {TOM}}, Action.ABORT_MISSING_OUTPUT),
+        (TOM, {"has_transcript": False}, Action.ABORT_MISSING_OUTPUT),
+        (TOM, {"has_transcript": False, "repairs": MAX_REPAIRS}, Action.FAIL),
         (TOM, {"has_transcript": True, "recovery_enabled": False}, Action.FAIL),
+        # an output whose call the upstream never saw: drop it and resend, a bounded
+        # number of times, then the upstream's own error
+        (ORPHAN, {}, Action.DROP_ORPHAN_OUTPUT),
+        (ORPHAN, {"repairs": MAX_REPAIRS - 1}, Action.DROP_ORPHAN_OUTPUT),
+        (ORPHAN, {"repairs": MAX_REPAIRS}, Action.RELAY_ERROR),
+        (ORPHAN, {"recovery_enabled": False}, Action.RELAY_ERROR),
         # policy failures: one fast fallback to HTTP
         (Failure.HANDSHAKE_POLICY, {}, Action.FALLBACK_HTTP),
         (Failure.CLOSED_POLICY, {}, Action.FALLBACK_HTTP),
@@ -296,8 +312,9 @@ A = Action
         (Loop(has_transcript=False), [PNF, PNF], [A.ALIGN, A.FAIL]),
         (Loop(can_align=False, has_transcript=False), [PNF], [A.FAIL]),
         (Loop(recovery_enabled=False), [PNF], [A.FAIL]),
-        (Loop(), [TOM, TOM], [A.REPLAY, A.FAIL]),
-        (Loop(has_transcript=False), [TOM], [A.FAIL]),
+        (Loop(), [TOM, TOM], [A.REPLAY, A.ABORT_MISSING_OUTPUT]),
+        (Loop(has_transcript=False), [TOM], [A.ABORT_MISSING_OUTPUT]),
+        (Loop(has_transcript=False, recovery_enabled=False), [TOM], [A.FAIL]),
         # a transient failure after an align still retries, within the same attempt cap
         (
             Loop(),
@@ -380,3 +397,79 @@ def test_backoff_never_negative_with_full_jitter() -> None:
     policy = RetryPolicy(max_attempts=4, initial_s=0.1, max_s=1.0, jitter=1.0, budget_s=5.0)
     rng = random.Random(3)
     assert all(0.0 <= policy.backoff(n % 6 + 1, rng) <= 2.0 for n in range(500))
+
+
+# -- repair_pairing: the upstream named a broken call/output pair ------------------------------
+
+
+def _request(items: list[dict[str, object]]) -> RequestSnapshot:
+    return decode_request(json.dumps({"type": "response.create", "input": items}))
+
+
+def _upstream_error(message: str) -> UpstreamErrorInfo:
+    return UpstreamErrorInfo(status=400, code=None, message=message, frame="{}")
+
+
+def _ids(request: RequestSnapshot) -> list[tuple[str, str | None]]:
+    return [(item.type, item.call_id) for item in request.items]
+
+
+USER = {"type": "message", "role": "user", "content": "go on"}
+
+
+def test_orphan_output_named_by_the_upstream_is_classified_and_dropped() -> None:
+    error = _upstream_error("No tool call found for function call output with call_id call_x.")
+    assert classify_error_event(error) is Failure.ORPHAN_OUTPUT
+    request = _request(
+        [
+            {"type": "function_call_output", "call_id": "call_x", "output": "stale"},
+            {"type": "function_call_output", "call_id": "call_y", "output": "ok"},
+            USER,
+        ]
+    )
+    repaired = repair_pairing(request, error)
+    assert repaired is not None
+    assert _ids(repaired) == [("function_call_output", "call_y"), ("message", None)]
+    assert b"call_x" not in encode_request(repaired)
+
+
+def test_custom_tool_orphan_output_is_dropped_too() -> None:
+    error = _upstream_error("No tool call found for custom tool call output with call_id c9.")
+    request = _request([{"type": "custom_tool_call_output", "call_id": "c9", "output": "x"}, USER])
+    repaired = repair_pairing(request, error)
+    assert repaired is not None and _ids(repaired) == [("message", None)]
+
+
+def test_orphan_not_in_this_request_is_not_repaired() -> None:
+    error = _upstream_error("No tool call found for function call output with call_id call_x.")
+    assert repair_pairing(_request([USER]), error) is None
+
+
+def test_missing_output_for_a_previous_call_gets_an_aborted_answer_first() -> None:
+    error = _upstream_error("No tool output found for function call call_7.")
+    assert classify_error_event(error) is Failure.TOOL_OUTPUT_MISSING
+    repaired = repair_pairing(_request([USER]), error)
+    assert repaired is not None
+    assert _ids(repaired) == [("function_call_output", "call_7"), ("message", None)]
+    first = json.loads(bytes(repaired.items[0].raw))
+    assert first == {"type": "function_call_output", "call_id": "call_7", "output": "aborted"}
+
+
+def test_missing_output_for_a_call_in_the_request_is_answered_right_after_it() -> None:
+    error = _upstream_error("No tool output found for custom tool call c2.")
+    call = {"type": "custom_tool_call", "call_id": "c2", "name": "apply_patch", "input": "x"}
+    repaired = repair_pairing(_request([USER, call, USER]), error)
+    assert repaired is not None
+    assert _ids(repaired) == [
+        ("message", None),
+        ("custom_tool_call", "c2"),
+        ("custom_tool_call_output", "c2"),
+        ("message", None),
+    ]
+
+
+def test_missing_output_already_answered_is_not_repaired_again() -> None:
+    error = _upstream_error("No tool output found for function call call_7.")
+    answered = {"type": "function_call_output", "call_id": "call_7", "output": "ok"}
+    assert repair_pairing(_request([answered, USER]), error) is None
+    assert repair_pairing(_request([USER]), _upstream_error("server exploded")) is None

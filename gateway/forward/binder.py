@@ -1,0 +1,87 @@
+"""A client socket's turn bindings, written to the shared store off the turn's path.
+
+A turn is over for the client when its terminal event has been sent; the client may
+send its next ``response.create`` at once. Writing the binding (response → account,
+pending calls, the session's last response) can take up to the store's op deadline, so
+it must not hold the turn, its upstream socket, or the next turn. Bindings of one
+socket are written one at a time in the order their turns ended, so an older binding
+never lands after a newer one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Callable
+
+from opentelemetry import context as otel_context
+
+from gateway.tracing import Tracing
+from statestore import StateStore, TurnBinding
+
+log = logging.getLogger("gateway.binder")
+
+
+class BindWriter:
+    """Serial, ordered writer of one socket's bindings."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        tracing: Tracing | None = None,
+        on_busy: Callable[[], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._tracing = tracing
+        # Each binding keeps the trace context of its turn: its span is that turn's child.
+        self._queue: collections.deque[tuple[TurnBinding, otel_context.Context]] = (
+            collections.deque()
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._on_busy = on_busy
+        self._on_idle = on_idle
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue) + (1 if self._task is not None else 0)
+
+    def submit(self, binding: TurnBinding) -> None:
+        """Queue a binding; returns at once."""
+        self._queue.append((binding, otel_context.get_current()))
+        if self._task is None:
+            if self._on_busy is not None:
+                self._on_busy()
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                binding, trace_context = self._queue.popleft()
+                token = otel_context.attach(trace_context)
+                try:
+                    if self._tracing is None:
+                        await self._store.bind_turn(binding)
+                    else:
+                        with self._tracing.child("statestore.bind"):
+                            await self._store.bind_turn(binding)
+                except Exception:
+                    # The store reports its own failures (and keeps the record for
+                    # write-back); anything escaping it is our bug, not the client's.
+                    log.exception(
+                        "binding write failed",
+                        extra={"event": "bind_failed", "response_id": binding.response_id},
+                    )
+                finally:
+                    otel_context.detach(token)
+        finally:
+            self._task = None
+            if self._on_idle is not None:
+                self._on_idle()
+
+    async def flush(self) -> None:
+        """Wait until every queued binding has been written (or has failed)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
