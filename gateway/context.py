@@ -128,6 +128,7 @@ class GatewayContext:
             m.pool_size.labels(account_id, "leased").set(stats.leased)
             m.pool_size.labels(account_id, "total").set(stats.size)
             m.pool_reuse.labels(account_id).set(stats.reuse_ratio)
+        m.sockets_holding_response.set(self.conn_holds_count)
 
     # -- protocol and account choice -------------------------------------------------
     def cooling_down(self, account_id: str) -> bool:

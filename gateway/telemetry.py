@@ -87,6 +87,11 @@ class Metrics:
             "gateway_handshakes", "Client WebSocket handshakes", ["result"], registry=r
         )
         self.sessions = Gauge("gateway_client_sockets", "Open client WebSockets", registry=r)
+        self.sockets_holding_response = Gauge(
+            "gateway_upstream_sockets_holding_response",
+            "Upstream sockets known to hold a previous response in their connection cache",
+            registry=r,
+        )
         self.pool_size = Gauge(
             "gateway_pool_connections",
             "Upstream sockets per account",

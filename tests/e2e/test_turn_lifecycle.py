@@ -27,6 +27,7 @@ from tests.e2e.harness import (
     gateway_config,
     run_gateway,
 )
+from tests.e2e.soak_turns import soak
 from tests.support import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.e2e
@@ -304,3 +305,16 @@ async def test_continuation_of_an_orphan_output_on_another_instance_with_redis_f
     assert second[-1]["type"] == "response.completed"
     last = sim.control.log().real_requests()[-1]
     assert "call_never" not in last.raw and "which number?" in last.raw
+
+
+async def test_socket_response_bookkeeping_stays_bounded_without_scrapes(
+    sim: SimProcess, own_redis: RedisServer
+) -> None:
+    """Upstream sockets churn (few may stay idle); what the gateway remembers about them
+    must go away with them, with no /metrics scrape to prune it."""
+    cfg = _redis_config(sim, own_redis, openai_ws={"max_idle_per_account": 2})
+    with run_gateway(cfg) as gw:
+        result = await soak(gw, turns=2_000, sockets=10, every=500)
+    assert result.turns == 2_000 and result.failed == 0
+    assert result.upstream_sockets > 0
+    assert result.holding <= result.upstream_sockets
