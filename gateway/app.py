@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from gateway.logs import setup_logging
 from gateway.session import ClientSession, Forwarder
 from gateway.upstream.headers import session_key
 from gateway.upstream.ws import HandshakeRejected
-from pool import DialFailed, PoolError
+from pool import Dialer, DialFailed, PoolError
 
 log = logging.getLogger("gateway.app")
 
@@ -59,8 +60,17 @@ def _dial_failure_response(exc: Exception) -> Response:
 
 
 class Gateway:
-    def __init__(self, cfg: Config, *, span_exporter: SpanExporter | None = None) -> None:
-        self.ctx = GatewayContext(cfg, span_exporter=span_exporter)
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        span_exporter: SpanExporter | None = None,
+        dialer: Dialer | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.ctx = GatewayContext(
+            cfg, span_exporter=span_exporter, dialer=dialer, http_transport=http_transport
+        )
 
     async def ws_endpoint(self, websocket: WebSocket) -> None:
         ctx = self.ctx
@@ -217,9 +227,17 @@ class Gateway:
             await session.close_for_drain(close_code)
 
 
-def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Starlette:
-    """The app for a config; tests pass an in-memory span exporter."""
-    gateway = Gateway(cfg, span_exporter=span_exporter)
+def build_app(
+    cfg: Config,
+    *,
+    span_exporter: SpanExporter | None = None,
+    dialer: Dialer | None = None,
+    http_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The app for a config; tests pass an in-memory span exporter and fake upstreams."""
+    gateway = Gateway(
+        cfg, span_exporter=span_exporter, dialer=dialer, http_transport=http_transport
+    )
     routes: list[BaseRoute] = []
     for path in WS_PATHS:
         routes.append(WebSocketRoute(path, gateway.ws_endpoint))

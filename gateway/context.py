@@ -9,6 +9,7 @@ import time
 import weakref
 from collections import defaultdict
 
+import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.auth import ClientDirectory
@@ -20,7 +21,7 @@ from gateway.telemetry import Metrics, StoreMetricsHooks
 from gateway.tracing import Tracing
 from gateway.upstream.dialer import UpstreamDialer
 from gateway.upstream.http import HttpClients
-from pool import PoolConfig, PoolManager
+from pool import Dialer, PoolConfig, PoolManager
 from statestore import StateStore, open_store
 
 
@@ -59,7 +60,18 @@ class TranscriptBudget:
 
 
 class GatewayContext:
-    def __init__(self, cfg: Config, *, span_exporter: SpanExporter | None = None) -> None:
+    """Everything a forwarder needs. The upstream is injected the way httpx injects a
+    transport: ``dialer`` (pooled WebSockets) and ``http_transport`` (HTTP turns) default
+    to the real network; tests pass in-process fakes."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        span_exporter: SpanExporter | None = None,
+        dialer: Dialer | None = None,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.cfg = cfg
         self.instance_id = cfg.server.instance_id
         self.metrics = Metrics()
@@ -73,9 +85,11 @@ class GatewayContext:
         for account in cfg.accounts:
             self.groups[account.group].append(account)
         self.http = HttpClients(
-            connect_timeout=cfg.openai_ws.dial_timeout_s, read_timeout=cfg.openai_ws.read_timeout_s
+            connect_timeout=cfg.openai_ws.dial_timeout_s,
+            read_timeout=cfg.openai_ws.read_timeout_s,
+            transport=http_transport,
         )
-        self.dialer = UpstreamDialer(
+        self.dialer: Dialer = dialer or UpstreamDialer(
             self.accounts,
             cfg.openai_ws,
             instance_id=self.instance_id,

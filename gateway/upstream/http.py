@@ -24,9 +24,15 @@ class HttpClients:
     """httpx.AsyncClient per proxy URL, created on first use and shared by all accounts."""
 
     def __init__(
-        self, *, connect_timeout: float, read_timeout: float, max_connections: int = 512
+        self,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_connections: int = 512,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._transport = transport  # tests pass an httpx.MockTransport
         self._timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=60.0, pool=connect_timeout
         )
@@ -36,7 +42,8 @@ class HttpClients:
         client = self._clients.get(proxy_url)
         if client is None:
             client = httpx.AsyncClient(
-                proxy=proxy_url or None,
+                proxy=(proxy_url or None) if self._transport is None else None,
+                transport=self._transport,
                 timeout=self._timeout,
                 limits=self._limits,
                 trust_env=False,
