@@ -35,7 +35,7 @@ run: $(STAMP)
 	GATEWAY_CONFIG=$(GATEWAY_CONFIG) $(PY) -m gateway --config $(GATEWAY_CONFIG) --host $(HOST) --port $(PORT)
 
 sim: $(STAMP)
-	$(PY) -m tests.sim --host $(HOST) --port $(SIM_PORT)
+	$(PY) -m sim --host $(HOST) --port $(SIM_PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

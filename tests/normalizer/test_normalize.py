@@ -1,6 +1,6 @@
 """Property and example tests for the pre-send normalizer (R-07, R-08, R-09).
 
-The pairing oracle is the simulator's own rule (``tests.sim.model.pairing_error``):
+The pairing oracle is the simulator's own rule (``sim.model.pairing_error``):
 "would the upstream accept this context?", checked on the previous response's context
 plus the normalized request.
 """
@@ -29,7 +29,7 @@ from normalizer import (
     normalize,
     to_http_body,
 )
-from tests.sim.model import pairing_error
+from sim.model import pairing_error
 
 CALL_KINDS = ("function_call", "custom_tool_call", "local_shell_call")
 OUTPUT_OF = {
