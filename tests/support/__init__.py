@@ -19,6 +19,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.timing import FakeClock, eventually
+
+__all__ = [
+    "REPO_ROOT",
+    "FakeClock",
+    "ManagedProcess",
+    "RedisServer",
+    "eventually",
+    "free_port",
+    "python_module",
+    "toml_dumps",
+    "unique_prefix",
+    "wait_for_port",
+]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
