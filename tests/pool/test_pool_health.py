@@ -1,4 +1,4 @@
-"""Background health (R-15), prewarm bounds (R-16) and the manager, on an injected clock."""
+"""Background health, prewarm bounds and the manager, on an injected clock."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ async def test_cancel_during_ping_before_lease_returns_the_socket() -> None:
     assert lease.conn_id == conn.conn_id and conn.pings == 2
 
 
-# -- prewarm (R-16) -----------------------------------------------------------------------
+# -- prewarm --------------------------------------------------------------------------------
 
 
 async def test_a_burst_of_acquires_starts_at_most_one_prewarm_task() -> None:
