@@ -40,6 +40,7 @@ sim: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/check_imports.py
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
