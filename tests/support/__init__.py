@@ -1,4 +1,5 @@
-"""Shared test support: free ports, a private redis-server, managed child processes.
+"""Shared test support: free ports, a private redis-server, managed child processes,
+and waiting without sleep-and-hope (``eventually``, ``FakeClock``).
 
 Everything here starts real components on loopback with free ports and temp dirs, so
 tests stay parallel-safe and never touch the machine's own Redis on 6379.
