@@ -35,11 +35,12 @@ run: $(STAMP)
 	GATEWAY_CONFIG=$(GATEWAY_CONFIG) $(PY) -m gateway --config $(GATEWAY_CONFIG) --host $(HOST) --port $(PORT)
 
 sim: $(STAMP)
-	$(PY) -m tests.sim --host $(HOST) --port $(SIM_PORT)
+	$(PY) -m sim --host $(HOST) --port $(SIM_PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) scripts/check_imports.py
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -1,20 +1,26 @@
-"""The single pre-send normalizer (seed 000, R-07): invariant first.
+"""The single pre-send normalizer: invariant first.
 
-Steps, in order, on the request snapshot and the known continuation state:
+``normalize`` runs these steps, in order, on the request snapshot and the known
+continuation state (each step is a small function below):
 
-1. infer / align ``previous_response_id``: infer it when the client sent tool outputs
+1. ``choose_previous``: infer ``previous_response_id`` when the client sent tool outputs
    that only the session's last response can satisfy; with ``store`` not true, align a
    stale id to the last one (only the socket's latest response exists upstream).
-2. inject ``"aborted"`` outputs: for the previous response's pending calls that the
-   input does not answer (at the front: they answer the previous response), and for
-   calls inside the input without an output (right after the call, as Codex does).
-   An output placed before its own call is moved right after it.
-3. remove orphan outputs (no call in the input nor in the known pending set) and
-   duplicate outputs (a call gets exactly one).
-4. keep ``previous_response_id`` invariant-first. It is never dropped here: when the
-   upstream lost the previous response the decision is ``needs_full_replay`` and the
-   gateway expands the request with its transcript (dropping it on a delta input
-   would silently lose the conversation).
+2. ``pending_for``: the previous response's pending calls, when they are known.
+3. ``abort_unanswered_pending`` and ``pair_outputs_with_calls``: inject ``"aborted"``
+   outputs for the previous response's pending calls that the input does not answer
+   (at the front: they answer the previous response), and for calls inside the input
+   without an output (right after the call, as Codex does). An output placed before its
+   own call is moved right after it.
+4. ``drop_orphans_and_duplicates``: remove orphan outputs (no call in the input nor in
+   the known pending set) and duplicate outputs (a call gets exactly one).
+5. ``classify``: keep ``previous_response_id`` invariant-first. It is never dropped
+   here: when the upstream lost the previous response the decision is
+   ``needs_full_replay`` and the gateway expands the request with its transcript
+   (dropping it on a delta input would silently lose the conversation).
+6. ``settle``: encode once. The result's request carries those bytes as its ``raw``, so
+   ``encode_request`` on it returns them without encoding again; an unchanged request
+   keeps the very bytes object that came in.
 
 "Output present but pending unknown" (a chained request whose previous response's
 calls we do not know) is its own state: the outputs and the id are kept and the
@@ -23,7 +29,9 @@ upstream, which knows the calls, is trusted; an error there goes to recovery.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+
+import msgspec
 
 from normalizer.snapshot import Item, RequestSnapshot, encode_request, make_item
 from normalizer.types import (
@@ -35,7 +43,7 @@ from normalizer.types import (
     Reason,
 )
 
-# Call item type -> the output item type that answers it (PROTOCOL §7).
+# Call item type -> the output item type that answers it.
 OUTPUT_FOR_CALL = {
     "function_call": "function_call_output",
     "local_shell_call": "function_call_output",
@@ -80,142 +88,221 @@ def _is_output(item: Item) -> bool:
     return item.type in OUTPUT_TYPES and item.call_id is not None
 
 
-def normalize(
-    request: RequestSnapshot, state: ContinuationState, *, strict: bool = False
-) -> NormalizeResult:
-    reasons: set[Reason] = set()
-    actions: list[str] = []
-    items = list(request.items)
-    calls_in_input = {item.call_id for item in items if _is_call(item)}
-    outputs_in_input = [item for item in items if _is_output(item)]
-    known = (
-        {p.call_id: p.kind for p in state.pending_calls}
-        if state.pending_calls is not None
-        else None
-    )
+def _ids_of(items: Sequence[Item], types: Collection[str]) -> set[str]:
+    """The call ids of the items of these types."""
+    return {item.call_id for item in items if item.call_id is not None and item.type in types}
 
-    # 1. infer / align previous_response_id
+
+class Record:
+    """What the steps did: the reasons (one becomes the decision's reason) and the
+    actions, in the order they happened."""
+
+    __slots__ = ("actions", "reasons")
+
+    def __init__(self) -> None:
+        self.reasons: set[Reason] = set()
+        self.actions: list[str] = []
+
+    def note(self, reason: Reason, action: str | None = None) -> None:
+        self.reasons.add(reason)
+        if action is not None:
+            self.actions.append(action)
+
+    def count(self, reason: Reason, action: str, n: int) -> None:
+        """Note ``reason`` with ``action:n`` when ``n`` things were done."""
+        if n:
+            self.note(reason, f"{action}:{n}")
+
+    def reason(self) -> Reason:
+        return next((r for r in _REASON_PRIORITY if r in self.reasons), Reason.OK)
+
+
+def choose_previous(
+    request: RequestSnapshot,
+    last: str | None,
+    known: dict[str, str] | None,
+    calls_in_input: set[str],
+    record: Record,
+) -> tuple[str | None, str]:
+    """The ``previous_response_id`` to send and what was done to it (kept, inferred,
+    aligned or none)."""
     prev = request.previous_response_id
-    prev_action = "kept" if prev is not None else "none"
-    last = state.last_response_id
-    if prev is None and last is not None and known:
-        if any(o.call_id not in calls_in_input and o.call_id in known for o in outputs_in_input):
-            prev, prev_action = last, "inferred"
-            reasons.add(Reason.INFERRED_PREVIOUS)
-            actions.append("inferred_previous_response_id")
-    elif prev is not None and last is not None and prev != last and request.store is not True:
-        prev, prev_action = last, "aligned"
-        reasons.add(Reason.ALIGNED_PREVIOUS)
-        actions.append("aligned_previous_response_id")
-
-    # The pending set that applies: the previous response's (known only for `last`).
     if prev is None:
-        pending: dict[str, str] | None = {}
-    elif prev == last and known is not None:
-        pending = known
-    else:
-        pending = None
+        answers_known = known and any(
+            _is_output(item) and item.call_id not in calls_in_input and item.call_id in known
+            for item in request.items
+        )
+        if last is not None and answers_known:
+            record.note(Reason.INFERRED_PREVIOUS, "inferred_previous_response_id")
+            return last, "inferred"
+        return None, "none"
+    if last is not None and prev != last and request.store is not True:
+        record.note(Reason.ALIGNED_PREVIOUS, "aligned_previous_response_id")
+        return last, "aligned"
+    return prev, "kept"
 
-    # 2. inject aborted outputs
-    answered = {o.call_id for o in outputs_in_input}
-    front: list[Item] = []
-    if pending:
-        for call_id, kind in pending.items():
-            if call_id not in answered and call_id not in calls_in_input:
-                front.append(aborted_output(kind, call_id))
-                answered.add(call_id)
-    # An output placed before its own call is moved to right after the call: the
-    # upstream reads the input in order and would find no call for it.
+
+def pending_for(
+    prev: str | None, last: str | None, known: dict[str, str] | None
+) -> dict[str, str] | None:
+    """The pending calls the request must answer: none without a previous response,
+    the known set for the session's last response, else unknown (None)."""
+    if prev is None:
+        return {}
+    if prev == last and known is not None:
+        return known
+    return None
+
+
+def abort_unanswered_pending(
+    pending: dict[str, str] | None, answered: set[str], calls_in_input: set[str]
+) -> list[Item]:
+    """Aborted outputs for the previous response's pending calls nothing answers."""
+    return [
+        aborted_output(kind, call_id)
+        for call_id, kind in (pending or {}).items()
+        if call_id not in answered and call_id not in calls_in_input
+    ]
+
+
+def pair_outputs_with_calls(
+    items: Sequence[Item], calls_in_input: set[str], answered: set[str]
+) -> tuple[list[Item], int, int]:
+    """Each call in the input followed by its output: an output placed before its own
+    call is moved right after it (the upstream reads the input in order and would find
+    no call for it), and a call nothing answers gets an aborted output there.
+    Returns the items, how many outputs moved and how many aborted outputs were added."""
     paired: list[Item] = []
-    inline = moved = 0
+    answered = set(answered)
+    moved = injected = 0
     seen_calls: set[str] = set()
     early: dict[str, list[Item]] = {}
     for item in items:
-        if _is_output(item) and item.call_id in calls_in_input and item.call_id not in seen_calls:
-            assert item.call_id is not None
-            early.setdefault(item.call_id, []).append(item)
+        call_id = item.call_id
+        if call_id is None:
+            paired.append(item)
+            continue
+        if _is_output(item) and call_id in calls_in_input and call_id not in seen_calls:
+            early.setdefault(call_id, []).append(item)
             continue
         paired.append(item)
-        if _is_call(item):
-            assert item.call_id is not None
-            seen_calls.add(item.call_id)
-            if item.call_id in early:
-                moved += len(early[item.call_id])
-                paired.extend(early.pop(item.call_id))
-            elif item.call_id not in answered:
-                paired.append(aborted_output(item.type, item.call_id))
-                answered.add(item.call_id)
-                inline += 1
-    injected = len(front) + inline
-    if moved:
-        reasons.add(Reason.MOVED_OUTPUTS)
-        actions.append(f"moved_outputs:{moved}")
-    if injected:
-        reasons.add(Reason.INJECTED_ABORTED)
-        actions.append(f"injected_aborted:{injected}")
+        if not _is_call(item):
+            continue
+        seen_calls.add(call_id)
+        if call_id in early:
+            moved += len(early[call_id])
+            paired.extend(early.pop(call_id))
+        elif call_id not in answered:
+            paired.append(aborted_output(item.type, call_id))
+            answered.add(call_id)
+            injected += 1
+    return paired, moved, injected
 
-    # 3. remove orphan and duplicate outputs
-    targets = calls_in_input | set(pending or ())
+
+def drop_orphans_and_duplicates(
+    items: Sequence[Item], targets: set[str], pending_known: bool
+) -> tuple[list[Item], int, int, int]:
+    """Keep one output per call. An output for no call in ``targets`` is an orphan and
+    dropped when the pending set is known; when it is not, it is kept (the upstream
+    knows the calls) and counted as unknown. Returns the kept items and the orphan,
+    duplicate and unknown counts."""
     kept: list[Item] = []
     seen: set[str] = set()
     orphans = duplicates = unknown = 0
-    for item in front + paired:
+    for item in items:
         if _is_output(item):
-            assert item.call_id is not None
-            if item.call_id in seen:
+            call_id = item.call_id
+            assert call_id is not None
+            if call_id in seen:
                 duplicates += 1
                 continue
-            if item.call_id not in targets:
-                if pending is not None:
+            if call_id not in targets:
+                if pending_known:
                     orphans += 1
                     continue
-                unknown += 1  # pending unknown: the upstream knows the calls
-            seen.add(item.call_id)
+                unknown += 1
+            seen.add(call_id)
         kept.append(item)
-    if orphans:
-        reasons.add(Reason.REMOVED_ORPHANS)
-        actions.append(f"removed_orphans:{orphans}")
-    if duplicates:
-        reasons.add(Reason.REMOVED_DUPLICATES)
-        actions.append(f"removed_duplicates:{duplicates}")
+    return kept, orphans, duplicates, unknown
+
+
+def classify(*, repaired: bool, unknown: bool, previous_unavailable: bool) -> InvariantState:
+    if previous_unavailable:
+        return InvariantState.NEEDS_FULL_REPLAY
+    if repaired:
+        return InvariantState.REPAIRED
     if unknown:
-        reasons.add(Reason.PENDING_UNKNOWN)
+        return InvariantState.PENDING_UNKNOWN
+    return InvariantState.CONSISTENT
 
-    # 4. keep previous_response_id, invariant first
-    needs_previous = any(_is_output(i) and i.call_id not in calls_in_input for i in kept)
-    if (
-        prev is not None
-        and needs_previous
-        and not reasons & {Reason.INFERRED_PREVIOUS, Reason.ALIGNED_PREVIOUS}
-    ):
-        reasons.add(Reason.KEPT_FOR_OUTPUTS)
-    if prev is not None and not state.previous_available:
-        reasons.add(Reason.PREVIOUS_UNAVAILABLE)
 
-    removed = orphans + duplicates
-    if Reason.PREVIOUS_UNAVAILABLE in reasons:
-        invariant = InvariantState.NEEDS_FULL_REPLAY
-    elif injected or removed or moved:
-        invariant = InvariantState.REPAIRED
-    elif unknown:
-        invariant = InvariantState.PENDING_UNKNOWN
-    else:
-        invariant = InvariantState.CONSISTENT
-    reason = next((r for r in _REASON_PRIORITY if r in reasons), Reason.OK)
-    decision = Decision(invariant, reason, tuple(actions), injected, removed, prev_action)
-    if strict and (injected or removed or moved):
-        raise InvariantViolation(decision, "; ".join(actions))
-
+def settle(
+    request: RequestSnapshot, prev: str | None, items: Sequence[Item] | None
+) -> tuple[RequestSnapshot, bytes]:
+    """The request with ``prev`` and (when given) ``items``, encoded once. A changed
+    request carries its new bytes as ``raw`` and is no longer marked changed, so
+    ``encode_request`` on it returns those bytes; an unchanged one is returned as is."""
     result = request
     if prev != request.previous_response_id:
         result = result.with_previous_response_id(prev)
-    if injected or removed or moved:
-        result = result.with_items(kept)
-    return NormalizeResult(result, encode_request(result), decision)
+    if items is not None:
+        result = result.with_items(items)
+    if not result.changed:
+        return result, result.raw
+    payload = encode_request(result)
+    return msgspec.structs.replace(result, raw=payload, changed=False), payload
+
+
+def normalize(
+    request: RequestSnapshot, state: ContinuationState, *, strict: bool = False
+) -> NormalizeResult:
+    record = Record()
+    calls_in_input = _ids_of(request.items, OUTPUT_FOR_CALL)
+    answered = _ids_of(request.items, OUTPUT_TYPES)
+    last = state.last_response_id
+    known = (
+        None if state.pending_calls is None else {p.call_id: p.kind for p in state.pending_calls}
+    )
+
+    prev, prev_action = choose_previous(request, last, known, calls_in_input, record)
+    pending = pending_for(prev, last, known)
+    front = abort_unanswered_pending(pending, answered, calls_in_input)
+    answered.update(item.call_id for item in front if item.call_id is not None)
+    paired, moved, inline = pair_outputs_with_calls(request.items, calls_in_input, answered)
+    injected = len(front) + inline
+    record.count(Reason.MOVED_OUTPUTS, "moved_outputs", moved)
+    record.count(Reason.INJECTED_ABORTED, "injected_aborted", injected)
+    kept, orphans, duplicates, unknown = drop_orphans_and_duplicates(
+        front + paired, calls_in_input | set(pending or ()), pending is not None
+    )
+    record.count(Reason.REMOVED_ORPHANS, "removed_orphans", orphans)
+    record.count(Reason.REMOVED_DUPLICATES, "removed_duplicates", duplicates)
+    if unknown:
+        record.note(Reason.PENDING_UNKNOWN)
+    if prev is not None and prev_action == "kept":
+        if any(_is_output(i) and i.call_id not in calls_in_input for i in kept):
+            record.note(Reason.KEPT_FOR_OUTPUTS)
+    if prev is not None and not state.previous_available:
+        record.note(Reason.PREVIOUS_UNAVAILABLE)
+
+    removed = orphans + duplicates
+    repaired = bool(injected or removed or moved)
+    invariant = classify(
+        repaired=repaired,
+        unknown=bool(unknown),
+        previous_unavailable=Reason.PREVIOUS_UNAVAILABLE in record.reasons,
+    )
+    decision = Decision(
+        invariant, record.reason(), tuple(record.actions), injected, removed, prev_action
+    )
+    if strict and repaired:
+        raise InvariantViolation(decision, "; ".join(record.actions))
+    result, payload = settle(request, prev, kept if repaired else None)
+    return NormalizeResult(result, payload, decision)
 
 
 def expand_to_full(request: RequestSnapshot, transcript: Sequence[Item]) -> RequestSnapshot:
-    """R-28: the request with the transcript before its items and no previous_response_id."""
+    """The request with the transcript before its items and no previous_response_id."""
     return request.with_items(tuple(transcript) + request.items).with_previous_response_id(None)
 
 

@@ -52,6 +52,10 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 class NormalizeResult(msgspec.Struct, frozen=True):
+    """``payload`` is the request's bytes, encoded once: ``request.raw`` is the same
+    object, so ``encode_request(request)`` returns it without encoding again (and an
+    unchanged request keeps the very bytes that came in)."""
+
     request: RequestSnapshot
     payload: bytes
     decision: Decision

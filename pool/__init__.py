@@ -1,6 +1,8 @@
 """Per-account upstream connection pool with an indexed heap; the dialer is injected."""
 
-from pool.pool import AccountPool, Lease, PoolManager
+from pool.lease import Lease
+from pool.manager import PoolManager
+from pool.pool import AccountPool
 from pool.types import (
     Clock,
     Conn,

@@ -1,4 +1,4 @@
-"""Per-account upstream connection pool (R-13, R-15, R-16).
+"""Per-account upstream connection pool.
 
 A socket is leased (one response in flight) or idle in the account's indexed heap.
 Acquire takes the preferred socket by id when it is idle and healthy, else the heap
@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import logging
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any, Final
 
+import msgspec
+
 from pool.heap import Entry, IdleHeap
+from pool.lease import Lease
+from pool.prewarm import PrewarmGate
 from pool.types import (
     Clock,
     Conn,
@@ -34,8 +36,6 @@ from pool.types import (
     PoolStats,
 )
 
-log = logging.getLogger("pool")
-
 
 class _DialToken:
     """Handed to a waiter instead of a socket: "a slot is reserved for you, dial"."""
@@ -46,48 +46,17 @@ _Waiter = asyncio.Future[Entry | _DialToken]
 _PING_PARALLELISM = 8  # background pings in flight per account
 
 
-class Lease:
-    """One acquired socket. ``release`` is synchronous, idempotent and O(log n)."""
-
-    __slots__ = (
-        "_entry",
-        "_pool",
-        "account_id",
-        "conn",
-        "conn_id",
-        "preferred_hit",
-        "reused",
-        "waited_s",
-    )
-
-    def __init__(
-        self, pool: AccountPool, entry: Entry, reused: bool, preferred_hit: bool, waited_s: float
-    ) -> None:
-        self._pool: AccountPool | None = pool
-        self._entry = entry
-        self.conn: Conn = entry.conn
-        self.conn_id = entry.conn_id
-        self.account_id = pool.account_id
-        self.reused = reused  # False: dialed for this acquire
-        self.preferred_hit = preferred_hit
-        self.waited_s = waited_s  # time queued for a socket; 0.0 when none was needed
-
-    def release(self, *, broken: bool = False, bound: bool = False) -> None:
-        """Give the socket back. ``broken`` retires it (closed in the background);
-        ``bound`` says it holds a live store:false conversation's previous response."""
-        pool = self._pool
-        if pool is None:
-            return
-        self._pool = None
-        pool._release(self._entry, broken, bound)
-
-    @property
-    def released(self) -> bool:
-        return self._pool is None
-
-
 class AccountPool:
-    def __init__(self, account_id: str, dialer: Dialer, config: PoolConfig, clock: Clock) -> None:
+    def __init__(
+        self,
+        account_id: str,
+        dialer: Dialer,
+        config: PoolConfig,
+        clock: Clock,
+        *,
+        closed: bool = False,
+    ) -> None:
+        """``closed``: born closed (a manager shut down before this account appeared)."""
         self.account_id = account_id
         self.config = config
         self._dialer = dialer
@@ -97,27 +66,13 @@ class AccountPool:
         self._dialing = 0
         self._leased = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
-        self._closed = False
+        self._closed = closed
         self._background: set[asyncio.Task[None]] = set()
-        # prewarm (R-16)
         self._prewarm_task: asyncio.Task[None] | None = None
-        self._prewarm_not_before = float("-inf")
-        self._prewarm_closed_until = float("-inf")
-        self._dial_failure_times: collections.deque[float] = collections.deque()
-        # counters
-        self._acquires = 0
-        self._reuses = 0
-        self._preferred_hits = 0
-        self._dials = 0
-        self._dial_failures = 0
-        self._broken = 0
-        self._pings_failed = 0
-        self._waits = 0
-        self._exhausted = 0
-        self._expired = 0
-        self._trimmed = 0
-        self._prewarm_runs = 0
-        self._prewarm_gate_trips = 0
+        self._prewarm_gate = PrewarmGate(config, clock)
+        # The counters live here; stats() fills in the gauges on a copy.
+        self._counts = PoolStats()
+        self._give_back = self._release  # bound once: a lease is made per acquire
 
     # -- inspection --------------------------------------------------------------------
     @property
@@ -143,26 +98,16 @@ class AccountPool:
         return self._prewarm_task is not None
 
     def stats(self) -> PoolStats:
-        return PoolStats(
+        counts = self._counts
+        return msgspec.structs.replace(
+            counts,
             size=len(self._conns),
             idle=len(self._idle),
             leased=self._leased,
             dialing=self._dialing,
             waiters=len(self._waiters),
-            acquires=self._acquires,
-            dials=self._dials,
-            dial_failures=self._dial_failures,
-            reuses=self._reuses,
-            reuse_ratio=self._reuses / self._acquires if self._acquires else 0.0,
-            preferred_hits=self._preferred_hits,
-            broken=self._broken,
-            pings_failed=self._pings_failed,
-            waits=self._waits,
-            exhausted=self._exhausted,
-            expired=self._expired,
-            trimmed=self._trimmed,
-            prewarm_runs=self._prewarm_runs,
-            prewarm_gate_trips=self._prewarm_gate_trips,
+            reuse_ratio=counts.reuses / counts.acquires if counts.acquires else 0.0,
+            prewarm_gate_trips=self._prewarm_gate.trips,
         )
 
     def _check_invariants(self) -> None:
@@ -191,7 +136,7 @@ class AccountPool:
             if preferred_conn_id is not None:
                 entry = self._idle.remove(preferred_conn_id)
                 if entry is not None and (self._ready(entry) or await self._vet(entry)):
-                    self._preferred_hits += 1
+                    self._counts.preferred_hits += 1
                     return self._lease(entry, True, True, 0.0)
             while (entry := self._idle.pop()) is not None:
                 if self._ready(entry) or await self._vet(entry):
@@ -205,11 +150,11 @@ class AccountPool:
                 self._maybe_prewarm()
 
     def _lease(self, entry: Entry, reused: bool, preferred_hit: bool, waited_s: float) -> Lease:
-        self._acquires += 1
+        self._counts.acquires += 1
         self._leased += 1
         if reused:
-            self._reuses += 1
-        return Lease(self, entry, reused, preferred_hit, waited_s)
+            self._counts.reuses += 1
+        return Lease(self._give_back, self.account_id, entry, reused, preferred_hit, waited_s)
 
     def _ready(self, entry: Entry) -> bool:
         """Leasable as is: open, young, and known alive recently (no ping needed)."""
@@ -230,7 +175,7 @@ class AccountPool:
             self._drop(entry, keep_slot)
             return False
         if now - entry.created_at >= cfg.max_age_s:
-            self._expired += 1
+            self._counts.expired += 1
             self._drop(entry, keep_slot)
             return False
         if now - entry.last_checked >= cfg.ping_before_lease_idle_s:
@@ -248,7 +193,7 @@ class AccountPool:
             self._return_idle(entry)
             raise
         except Exception:
-            self._pings_failed += 1
+            self._counts.pings_failed += 1
             self._drop(entry, keep_slot)
             return False
         if entry.conn.closed:
@@ -262,14 +207,14 @@ class AccountPool:
         if self._closed:
             self._dialing -= 1
             raise PoolClosed(f"pool for account {self.account_id} is closed")
-        self._dials += 1
+        self._counts.dials += 1
         try:
             conn = await self._dialer.dial(self.account_id)
         except BaseException as exc:
             self._dialing -= 1
             if isinstance(exc, Exception):
-                self._dial_failures += 1
-                self._note_dial_failure()
+                self._counts.dial_failures += 1
+                self._prewarm_gate.dial_failed()
             self._wake_waiters()  # the reserved slot is free again
             if isinstance(exc, Exception):
                 raise DialFailed(
@@ -277,7 +222,7 @@ class AccountPool:
                 ) from exc
             raise
         self._dialing -= 1
-        self._dial_failure_times.clear()  # a success resets the prewarm failure gate
+        self._prewarm_gate.dial_succeeded()
         conn_id = conn.conn_id
         if self._closed or conn_id in self._conns:
             self._spawn(conn.aclose())
@@ -293,7 +238,7 @@ class AccountPool:
     async def _wait(self, preferred_conn_id: str | None, timeout: float | None) -> Lease:
         cfg = self.config
         if len(self._waiters) >= cfg.queue_limit:
-            self._exhausted += 1
+            self._counts.exhausted += 1
             raise PoolExhausted(
                 f"pool exhausted for account {self.account_id}: "
                 f"{self._leased}/{cfg.max_conns} connections leased and "
@@ -304,14 +249,14 @@ class AccountPool:
         started = loop.time()
         fut: _Waiter = loop.create_future()
         self._waiters.append(fut)
-        self._waits += 1
+        self._counts.waits += 1
         try:
             async with asyncio.timeout_at(started + limit):
                 handed = await fut
         except BaseException as exc:
             self._abandon(fut)
             if isinstance(exc, TimeoutError):
-                self._exhausted += 1
+                self._counts.exhausted += 1
                 raise PoolExhausted(
                     f"timed out after {limit:g}s waiting for a connection to account "
                     f"{self.account_id} ({self._leased}/{cfg.max_conns} leased, "
@@ -362,7 +307,7 @@ class AccountPool:
     def _release(self, entry: Entry, broken: bool, bound: bool) -> None:
         self._leased -= 1
         if broken:
-            self._broken += 1
+            self._counts.broken += 1
             self._drop(entry)
             return
         now = self._clock()
@@ -370,7 +315,7 @@ class AccountPool:
             self._drop(entry)
             return
         if now - entry.created_at >= self.config.max_age_s:
-            self._expired += 1
+            self._counts.expired += 1
             self._drop(entry)
             return
         entry.bound = bound
@@ -411,7 +356,7 @@ class AccountPool:
         task.add_done_callback(self._background.discard)
         return task
 
-    # -- maintenance (R-15) --------------------------------------------------------------
+    # -- maintenance -------------------------------------------------------------------
     async def maintain_once(self) -> None:
         """One round of background health work: drop closed and aged idle sockets, ping
         the quiet ones, trim idle above max_idle, top up to min_idle."""
@@ -424,7 +369,7 @@ class AccountPool:
             if entry.conn.closed:
                 self._drop(entry)
             elif now - entry.created_at >= cfg.max_age_s:
-                self._expired += 1
+                self._counts.expired += 1
                 self._drop(entry)
             elif now - entry.last_checked >= cfg.ping_interval_s:
                 due.append(entry)
@@ -435,7 +380,7 @@ class AccountPool:
         while len(self._idle) > cfg.max_idle:
             surplus = self._idle.pop()
             assert surplus is not None
-            self._trimmed += 1
+            self._counts.trimmed += 1
             self._drop(surplus)
         self._maybe_prewarm()
 
@@ -449,21 +394,10 @@ class AccountPool:
             if await self._probe(entry):
                 self._return_idle(entry)
 
-    # -- prewarm (R-16) ----------------------------------------------------------------
-    def _note_dial_failure(self) -> None:
-        cfg = self.config
-        now = self._clock()
-        window = self._dial_failure_times
-        window.append(now)
-        while window and now - window[0] > cfg.prewarm_failure_window_s:
-            window.popleft()
-        if len(window) >= cfg.prewarm_failure_threshold:
-            self._prewarm_closed_until = now + cfg.prewarm_reopen_s
-            self._prewarm_gate_trips += 1
-            window.clear()
-
+    # -- prewarm -----------------------------------------------------------------------
     def prewarm_gate_open(self) -> bool:
-        return self._clock() >= self._prewarm_closed_until
+        """False while recent dial failures keep prewarm from dialing."""
+        return self._prewarm_gate.is_open()
 
     def _maybe_prewarm(self) -> None:
         cfg = self.config
@@ -475,13 +409,12 @@ class AccountPool:
             or self.size >= cfg.max_conns
         ):
             return
-        now = self._clock()
-        if now < self._prewarm_not_before or now < self._prewarm_closed_until:
+        if not self._prewarm_gate.may_start():
             return
-        self._prewarm_not_before = now + cfg.prewarm_cooldown_s
+        self._prewarm_gate.round_started()
         task = self._spawn(self._prewarm())
         if task is not None:
-            self._prewarm_runs += 1
+            self._counts.prewarm_runs += 1
             self._prewarm_task = task
 
     async def _prewarm(self) -> None:
@@ -493,7 +426,7 @@ class AccountPool:
                     len(self._idle) >= cfg.min_idle
                     or self.size >= cfg.max_conns
                     or self._closed
-                    or not self.prewarm_gate_open()
+                    or not self._prewarm_gate.is_open()
                 ):
                     break
                 self._dialing += 1
@@ -504,9 +437,7 @@ class AccountPool:
                 self._return_idle(entry)
         finally:
             self._prewarm_task = None
-            self._prewarm_not_before = max(
-                self._prewarm_not_before, self._clock() + cfg.prewarm_cooldown_s
-            )
+            self._prewarm_gate.round_finished()
 
     async def wait_prewarm(self) -> None:
         """Wait for the running prewarm round, if any (tests, shutdown)."""
@@ -529,77 +460,3 @@ class AccountPool:
             self._drop(entry)
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
-
-
-class PoolManager:
-    """All account pools of a process, plus the one background maintenance task."""
-
-    def __init__(
-        self,
-        dialer: Dialer,
-        config: PoolConfig,
-        *,
-        clock: Clock = time.monotonic,
-        per_account: Mapping[str, PoolConfig] | None = None,
-    ) -> None:
-        self._dialer = dialer
-        self._config = config
-        self._clock = clock
-        self._per_account = dict(per_account or {})
-        self._pools: dict[str, AccountPool] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-        for account_id in self._per_account:
-            self.pool(account_id)
-
-    def pool(self, account_id: str) -> AccountPool:
-        """The account's pool, created on first use (closed at once after aclose)."""
-        found = self._pools.get(account_id)
-        if found is None:
-            config = self._per_account.get(account_id, self._config)
-            found = AccountPool(account_id, self._dialer, config, self._clock)
-            found._closed = self._closed
-            self._pools[account_id] = found
-        return found
-
-    def stats(self) -> dict[str, PoolStats]:
-        return {account_id: p.stats() for account_id, p in self._pools.items()}
-
-    async def maintain_once(self) -> None:
-        """One maintenance round over every account, idle ones included."""
-        pools = list(self._pools.values())
-        results = await asyncio.gather(*(p.maintain_once() for p in pools), return_exceptions=True)
-        for p, result in zip(pools, results, strict=True):
-            if isinstance(result, asyncio.CancelledError):
-                raise result
-            if isinstance(result, BaseException):
-                log.error(
-                    "pool maintenance failed for account %s",
-                    p.account_id,
-                    exc_info=result,
-                    extra={"account_id": p.account_id},
-                )
-
-    def start(self) -> None:
-        """Start the background maintenance task (idempotent; needs a running loop)."""
-        if self._task is None and not self._closed:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
-        interval = min(
-            [self._config.maintenance_interval_s]
-            + [c.maintenance_interval_s for c in self._per_account.values()]
-        )
-        while True:
-            await asyncio.sleep(interval)
-            await self.maintain_once()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        for p in list(self._pools.values()):
-            await p.aclose()

@@ -252,7 +252,7 @@ class FaultArmer(threading.Thread):
         self.outcome = "not_armed"
 
     def run(self) -> None:
-        from tests.sim.control import SimControl
+        from sim.control import SimControl
 
         control = SimControl(self.sim_url)
         try:
@@ -295,7 +295,7 @@ def _drain_serving_instance(cluster: Any) -> str:
 
 
 def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
-    from tests.sim.control import SimControl
+    from sim.control import SimControl
 
     result: dict[str, Any] = {"steps": [], "sim_log": None, "error": None}
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tests.sim.control import SimControl
+from sim.control import SimControl
 from tests.support import ManagedProcess, free_port, python_module, toml_dumps
 
 CLIENT_KEY = "sk-gw-test"
@@ -35,7 +35,7 @@ class SimProcess:
 def run_sim(*extra: str) -> Iterator[SimProcess]:
     port = free_port()
     proc = ManagedProcess(
-        python_module("tests.sim", "--host", "127.0.0.1", "--port", str(port), *extra)
+        python_module("sim", "--host", "127.0.0.1", "--port", str(port), *extra)
     ).start(wait_port=port)
     try:
         yield SimProcess(proc, port, SimControl(f"http://127.0.0.1:{port}"))

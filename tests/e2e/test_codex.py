@@ -5,7 +5,7 @@ the simulator, the gateway and Codex itself, all real processes. The ``direct`` 
 point Codex at the simulator with no gateway; they prove the simulator speaks the
 protocol the way the real client expects, so the gateway tests mean something.
 
-Expected texts follow the simulator's documented script (tests/sim/model.py): a
+Expected texts follow the simulator's documented script (sim/model.py): a
 prompt is answered ``sim-answer: <prompt>``, tool outputs ``tool said: <output>``.
 """
 

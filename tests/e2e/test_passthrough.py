@@ -20,6 +20,7 @@ from tests.e2e.harness import (
     gateway_config,
     run_gateway,
 )
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -56,13 +57,11 @@ def _counter(metrics: str, name: str) -> float:
 
 async def wait_for_metric(gateway: GatewayProcess, line: str, timeout: float = 10.0) -> None:
     """Poll /metrics until ``line`` appears (a deadline, not a sleep)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while line not in (text := await scrape(gateway)):
-        name = line.split("{")[0].split(" ")[0]
-        seen = [m for m in text.splitlines() if m.startswith(name)]
-        assert loop.time() < deadline, f"{line!r} never appeared in /metrics: {seen}"
-        await asyncio.sleep(0.02)
+
+    async def present() -> bool:
+        return line in await scrape(gateway)
+
+    await eventually(present, timeout=timeout, interval=0.02, what=f"{line!r} in /metrics")
 
 
 _IDS = re.compile(r'"(resp|msg|fc|call|rs)_[A-Za-z0-9]+"')

@@ -318,3 +318,37 @@ async def test_socket_response_bookkeeping_stays_bounded_without_scrapes(
     assert result.turns == 2_000 and result.failed == 0
     assert result.upstream_sockets > 0
     assert result.holding <= result.upstream_sockets
+
+
+async def test_a_stored_response_continued_with_store_false_from_a_new_socket(
+    sim: SimProcess, own_redis: RedisServer
+) -> None:
+    """The previous response was stored, so the upstream can resolve it from any socket,
+    whatever the new request says about storing itself."""
+    sim.control.reset()
+    with run_gateway(_redis_config(sim, own_redis)) as gw:
+        for _ in range(10):
+            ws1 = await open_ws(gw.ws_url, auth_headers())
+            try:
+                await ws1.send(create("remember 7", store=True))
+                first = await read_turn(ws1)
+            finally:
+                await ws1.close()
+            ws2 = await open_ws(gw.ws_url, auth_headers())
+            busy = await open_ws(gw.ws_url, auth_headers())
+            try:
+                # Another client takes the socket that produced the stored response.
+                await busy.send(create("keep busy [[sim deltas=50 delay_ms=5]]"))
+                await ws2.send(
+                    create(
+                        previous_response_id=response_id(first),
+                        items=[user_message("which number?")],
+                        store=False,
+                    )
+                )
+                second = await read_turn(ws2)
+                await read_turn(busy)
+            finally:
+                await ws2.close()
+                await busy.close()
+            assert second[-1]["type"] == "response.completed", second[-1]

@@ -31,7 +31,7 @@ from tests.e2e.client import (
     user_message,
 )
 from tests.e2e.harness import SimProcess, auth_headers, gateway_config
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 CALL = '[[sim call exec_command {"cmd":"echo ok"}]]'
 
@@ -75,9 +75,8 @@ async def serve(sim: SimProcess, **overrides: dict[str, object]) -> AsyncIterato
         )
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        assert not task.done(), "in-process gateway failed to start"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: server.started or task.done(), what="the in-process gateway start")
+    assert not task.done(), "in-process gateway failed to start"
     try:
         yield InProcessGateway(app, port, exporter)
     finally:
@@ -96,14 +95,6 @@ def spans_by_trace(exporter: InMemorySpanExporter) -> list[tuple[Any, list[str]]
         ]
         out.append((root, children))
     return out
-
-
-async def until(condition: Any, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0.005)
 
 
 def value(metrics: str, series: str) -> float:
@@ -198,7 +189,9 @@ async def test_metrics_move_by_the_right_amount(sim: SimProcess) -> None:
             )
             sim.control.add_fault(kind="handshake_status", status=503)
             assert sim.control.drop_connections() == 1
-            await until(lambda: all(c.closed for c in gw.ctx.pools.pool("acct-a").idle_conns()))
+            await eventually(
+                lambda: all(c.closed for c in gw.ctx.pools.pool("acct-a").idle_conns())
+            )
             third = await turn(
                 ws, create(previous_response_id=response_id(second), items=[user_message("again")])
             )

@@ -15,6 +15,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Response
 
 from gateway.upstream.ws import DialError, HandshakeRejected, MessageTooBig, UpstreamClosed, connect
+from tests.support import eventually
 
 
 async def echo(ws: ServerConnection) -> None:
@@ -54,7 +55,7 @@ async def test_round_trip_headers_and_limit(server: int) -> None:
     assert await conn.recv(timeout=5) == "echo:hi"
     await conn.ping(timeout=5)  # idle: ping reads its own pong
     reader = asyncio.create_task(conn.recv(timeout=5))
-    await asyncio.sleep(0)
+    await eventually(lambda: conn._st.reading, what="the reader to block in recv")
     await conn.ping(timeout=5)  # while another task is blocked reading: no shared lock
     await conn.send_text("after-ping")
     assert await reader == "echo:after-ping"
@@ -82,11 +83,8 @@ async def test_idle_watcher_notices_a_close(server: int) -> None:
     )
     await conn.send_text("close-1011")
     conn.watch_idle()
-    for _ in range(200):
-        if conn.closed:
-            break
-        await asyncio.sleep(0.01)
-    assert conn.closed and conn.close_info is not None and conn.close_info.code == 1011
+    await eventually(lambda: conn.closed, what="the idle watcher to see the close")
+    assert conn.close_info is not None and conn.close_info.code == 1011
 
 
 async def test_handshake_refusal_and_dial_errors() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,19 +30,9 @@ from gateway.upstream.ws import (
     connect,
     parse_ws_url,
 )
-from tests.support import free_port
+from tests.support import eventually, free_port
 
 DEADLINE_S = 5.0
-
-
-async def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    """Poll with a deadline (no sleep-and-hope): yields to the loop until true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE_S
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 @dataclass
@@ -438,7 +428,7 @@ async def test_ping_when_idle(conn: UpstreamWS) -> None:
 
 async def test_ping_and_write_while_another_task_is_blocked_in_recv(conn: UpstreamWS) -> None:
     reader = asyncio.create_task(conn.recv(timeout=DEADLINE_S))
-    await wait_until(lambda: conn._st.reading, "the reader to block in recv")
+    await eventually(lambda: conn._st.reading, what="the reader to block in recv")
     # no shared lock: the pong is picked up by the blocked reader, ping returns
     await conn.ping(timeout=DEADLINE_S)
     assert not reader.done()  # a pong is not a message
@@ -483,7 +473,7 @@ async def test_ping_completes_when_the_other_reader_stops_before_the_pong() -> N
     conn = await open_conn(f"ws://127.0.0.1:{port}/")
     try:
         reader = asyncio.create_task(conn.recv(timeout=DEADLINE_S))
-        await wait_until(lambda: conn._st.reading, "the reader to block in recv")
+        await eventually(lambda: conn._st.reading, what="the reader to block in recv")
         ping = asyncio.create_task(conn.ping(timeout=1.0))
         await asyncio.wait_for(got_ping.wait(), DEADLINE_S)
         assert await reader == "event-before-pong"  # the reader is done and stops reading

@@ -1,6 +1,7 @@
-"""Property and example tests for the pre-send normalizer (R-07, R-08, R-09).
+"""Property and example tests for the pre-send normalizer: pairing repair, the
+previous_response_id rules, byte-identical pass-through.
 
-The pairing oracle is the simulator's own rule (``tests.sim.model.pairing_error``):
+The pairing oracle is the simulator's own rule (``sim.model.pairing_error``):
 "would the upstream accept this context?", checked on the previous response's context
 plus the normalized request.
 """
@@ -29,7 +30,7 @@ from normalizer import (
     normalize,
     to_http_body,
 )
-from tests.sim.model import pairing_error
+from sim.model import pairing_error
 
 CALL_KINDS = ("function_call", "custom_tool_call", "local_shell_call")
 OUTPUT_OF = {
@@ -373,12 +374,11 @@ def test_orphan_cleanup_without_previous_response() -> None:
 
 
 def test_output_present_but_pending_unknown_keeps_output_and_id() -> None:
-    items = [output("function_call", "call_x")]
+    raw = frame([output("function_call", "call_x")], previous_response_id="r1")
     result = normalize(
-        decode_request(frame(items, previous_response_id="r1")),
-        ContinuationState(last_response_id="r1", pending_calls=None),
+        decode_request(raw), ContinuationState(last_response_id="r1", pending_calls=None)
     )
-    assert result.payload == result.request.raw  # untouched
+    assert result.payload is raw  # untouched
     assert result.decision.state is InvariantState.PENDING_UNKNOWN
     assert result.decision.reason is Reason.PENDING_UNKNOWN
     assert result.request.previous_response_id == "r1"
@@ -441,6 +441,28 @@ def test_unchanged_request_returns_the_identical_bytes_object() -> None:
     request = decode_request(frame([user("hi")]))
     result = normalize(request, ContinuationState())
     assert result.payload is request.raw
+    assert encode_request(result.request) is request.raw
+
+
+def test_a_repaired_request_is_encoded_once_and_carries_its_bytes() -> None:
+    request = decode_request(frame([call("function_call", "c1"), user("hi")]))
+    result = normalize(request, ContinuationState())
+    assert result.decision.state is InvariantState.REPAIRED
+    assert result.request.raw is result.payload
+    assert encode_request(result.request) is result.payload  # no second encoding
+    assert [i["type"] for i in sent_items(result.payload)] == [
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+    # Still editable: a later change re-encodes from the repaired items.
+    http = json.loads(to_http_body(result.request))
+    assert [i["type"] for i in http["input"]] == [
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+    assert http["stream"] is True and "type" not in http
 
 
 def test_expand_to_full_and_http_body() -> None:

@@ -1,30 +1,11 @@
-"""Fake connections, dialer and clock for pool tests (the httpx MockTransport pattern)."""
+"""Fake connections and dialer for pool tests (the httpx MockTransport pattern)."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable
 
-
-async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Poll (yielding to other tasks) until ``condition()`` holds, with a deadline."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition never held"
-        await asyncio.sleep(0)
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support import FakeClock
 
 
 class FakeConn:

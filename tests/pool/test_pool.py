@@ -15,7 +15,8 @@ from pool import (
     PoolError,
     PoolExhausted,
 )
-from tests.pool.fakes import FakeClock, FakeConn, FakeDialer, until
+from tests.pool.fakes import FakeConn, FakeDialer
+from tests.support import FakeClock, eventually
 
 
 def make_pool(**cfg: object) -> tuple[AccountPool, FakeDialer, FakeClock]:
@@ -24,15 +25,9 @@ def make_pool(**cfg: object) -> tuple[AccountPool, FakeDialer, FakeClock]:
     return AccountPool("acct", dialer, PoolConfig(**cfg), clock), dialer, clock  # type: ignore[arg-type]
 
 
-async def settle() -> None:
-    """Let tasks woken by the last step (hand-overs, background closes) run."""
-    for _ in range(5):
-        await asyncio.sleep(0)
-
-
 async def queued(pool: AccountPool, count: int) -> None:
     """Wait until ``count`` acquires are queued."""
-    await until(lambda: pool.stats().waiters >= count)
+    await eventually(lambda: pool.stats().waiters >= count)
 
 
 # -- acquire / release -------------------------------------------------------------------
@@ -100,8 +95,8 @@ async def test_broken_sockets_never_return_and_release_is_idempotent() -> None:
     lease.release()  # ignored
     lease.release(broken=True)  # ignored
     assert lease.released
-    await settle()
-    assert dialer.dialed[0].closed and dialer.dialed[0].close_calls == 1
+    await eventually(lambda: dialer.dialed[0].closed, what="the broken socket closed")
+    assert dialer.dialed[0].close_calls == 1
     fresh = await pool.acquire()
     assert fresh.conn_id != lease.conn_id and not fresh.reused
     stats = pool.stats()
@@ -304,7 +299,7 @@ async def test_a_failed_dial_lets_a_waiter_dial() -> None:
     dialer.gate = asyncio.Event()
     dialer.fail_next = 1  # the first dial fails, the next one succeeds
     first = asyncio.create_task(pool.acquire())
-    await until(lambda: pool.stats().dialing == 1)
+    await eventually(lambda: pool.stats().dialing == 1)
     second = asyncio.create_task(pool.acquire())
     await queued(pool, 1)  # at max_conns (one dial in flight): queued
     dialer.gate.set()
@@ -321,15 +316,18 @@ async def test_max_conns_is_never_exceeded_under_a_burst() -> None:
     await queued(pool, 17)
     assert pool.stats().dialing == 3 and dialer.attempts == 3
     dialer.gate.set()
-    done = 0
-    while done < 20:
-        finished = [t for t in tasks if t.done()]
-        for task in finished:
+    served = 0
+
+    def release_the_served() -> bool:
+        nonlocal served
+        for task in [t for t in tasks if t.done()]:
             tasks.remove(task)
             task.result().release()
-            done += 1
+            served += 1
             pool._check_invariants()
-        await asyncio.sleep(0)
+        return served == 20
+
+    await eventually(release_the_served, what="all 20 acquires served")
     assert len(dialer.dialed) == 3 and pool.stats().idle == 3
 
 
@@ -344,5 +342,5 @@ async def test_closed_pool_refuses_and_fails_waiters() -> None:
     with pytest.raises(PoolClosed):
         await pool.acquire()
     held.release()  # a socket leased at close is closed when it comes back
-    await settle()
-    assert dialer.dialed[0].closed and pool.size == 0
+    assert pool.size == 0
+    await eventually(lambda: dialer.dialed[0].closed, what="the returned socket closed")

@@ -1,4 +1,4 @@
-"""Background health (R-15), prewarm bounds (R-16) and the manager, on an injected clock."""
+"""Background health, prewarm bounds and the manager, on an injected clock."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ import asyncio
 import pytest
 
 from pool import AccountPool, DialFailed, PoolClosed, PoolConfig, PoolManager
-from tests.pool.fakes import FakeClock, FakeDialer, until
+from tests.pool.fakes import FakeDialer
+from tests.support import FakeClock, eventually
 
 
 def make_pool(**cfg: object) -> tuple[AccountPool, FakeDialer, FakeClock]:
     clock = FakeClock()
     dialer = FakeDialer(clock)
     return AccountPool("acct", dialer, PoolConfig(**cfg), clock), dialer, clock  # type: ignore[arg-type]
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 async def idle_pool(count: int, **cfg: object) -> tuple[AccountPool, FakeDialer, FakeClock]:
@@ -41,9 +37,9 @@ async def test_background_ping_drops_a_failing_idle_socket() -> None:
     clock.advance(31)
     dialer.dialed[1].ping_fails = True
     await pool.maintain_once()
-    await settle()
     assert [c.pings for c in dialer.dialed] == [1, 1, 1]
-    assert dialer.dialed[1].closed and not pool.has_conn(dialer.dialed[1].conn_id)
+    await eventually(lambda: dialer.dialed[1].closed, what="the failed socket closed")
+    assert not pool.has_conn(dialer.dialed[1].conn_id)
     assert pool.stats().pings_failed == 1 and pool.stats().idle == 2
     # The survivors went back in their old order: the least recently used first.
     lease = await pool.acquire()
@@ -76,7 +72,7 @@ async def test_a_socket_being_pinged_is_not_leased_and_comes_back() -> None:
     conn.ping_gate = asyncio.Event()
     clock.advance(31)
     sweep = asyncio.create_task(pool.maintain_once())
-    await until(lambda: conn.pings == 1)
+    await eventually(lambda: conn.pings == 1)
     lease = await pool.acquire(preferred_conn_id=conn.conn_id)  # mid-ping: never shared
     assert lease.conn_id != conn.conn_id and not lease.preferred_hit
     conn.ping_gate.set()
@@ -94,8 +90,7 @@ async def test_max_age_closes_idle_sockets_in_the_background() -> None:
     assert pool.stats().idle == 2
     clock.advance(1)  # exactly max_age since the dials
     await pool.maintain_once()
-    await settle()
-    assert all(c.closed for c in dialer.dialed)
+    await eventually(lambda: all(c.closed for c in dialer.dialed), what="aged sockets closed")
     assert pool.stats().expired == 2 and pool.size == 0
 
 
@@ -113,8 +108,8 @@ async def test_a_leased_socket_past_max_age_is_closed_on_release() -> None:
     await pool.maintain_once()
     assert not dialer.dialed[0].closed  # in use: never pulled from under a response
     lease.release(bound=True)
-    await settle()
-    assert dialer.dialed[0].closed and pool.stats().expired == 1 and pool.size == 0
+    await eventually(lambda: dialer.dialed[0].closed, what="the aged socket closed")
+    assert pool.stats().expired == 1 and pool.size == 0
 
 
 # -- idle trimming ------------------------------------------------------------------------
@@ -128,7 +123,8 @@ async def test_idle_trimming_drops_least_recently_used_unbound_first() -> None:
         clock.advance(1)
         lease.release(bound=i % 2 == 0)
     await pool.maintain_once()
-    await settle()
+    assert pool.stats().trimmed == 2
+    await eventually(lambda: sum(c.closed for c in dialer.dialed) == 2, what="trimmed closed")
     assert [c.closed for c in dialer.dialed] == [False, True, False, True]
     assert pool.stats().trimmed == 2 and pool.stats().idle == 2
 
@@ -140,7 +136,7 @@ async def test_idle_trimming_among_bound_sockets_drops_the_least_recently_used()
         clock.advance(1)
         lease.release(bound=True)
     await pool.maintain_once()
-    await settle()
+    await eventually(lambda: dialer.dialed[0].closed, what="the trimmed socket closed")
     assert [c.closed for c in dialer.dialed] == [True, False]
 
 
@@ -176,7 +172,7 @@ async def test_cancel_during_ping_before_lease_returns_the_socket() -> None:
     conn.ping_gate = asyncio.Event()
     clock.advance(21)
     acquiring = asyncio.create_task(pool.acquire())
-    await until(lambda: conn.pings == 1)
+    await eventually(lambda: conn.pings == 1)
     acquiring.cancel()
     with pytest.raises(asyncio.CancelledError):
         await acquiring
@@ -187,7 +183,7 @@ async def test_cancel_during_ping_before_lease_returns_the_socket() -> None:
     assert lease.conn_id == conn.conn_id and conn.pings == 2
 
 
-# -- prewarm (R-16) -----------------------------------------------------------------------
+# -- prewarm --------------------------------------------------------------------------------
 
 
 async def test_a_burst_of_acquires_starts_at_most_one_prewarm_task() -> None:
@@ -195,7 +191,7 @@ async def test_a_burst_of_acquires_starts_at_most_one_prewarm_task() -> None:
     # 1,000 concurrent acquires on an empty pool, all dialing at once.
     dialer.gate = asyncio.Event()
     burst = [asyncio.create_task(pool.acquire()) for _ in range(1000)]
-    await until(lambda: dialer.attempts == 1000)
+    await eventually(lambda: dialer.attempts == 1000)
     dialer.gate.set()
     leases = await asyncio.gather(*burst)
     await pool.wait_prewarm()
@@ -203,25 +199,25 @@ async def test_a_burst_of_acquires_starts_at_most_one_prewarm_task() -> None:
     assert pool.stats().idle == 2 and len(dialer.dialed) == 1002
     for lease in leases:
         lease.release(broken=True)
-    await settle()
+    await eventually(lambda: all(lease.conn.closed for lease in leases), what="broken closed")
 
     # Acquire/release cycles while a prewarm round is stuck dialing: still one task,
     # even once the cooldown has long passed.
     dialer.gate = asyncio.Event()
     clock.advance(1)
     held = await pool.acquire()  # idle 2 -> 1, below min_idle: a round starts
-    await settle()
+    await eventually(lambda: dialer.attempts == 1003, what="the round's dial")
+    # A second round would be counted the moment it was spawned, so no waiting is needed
+    # to see that none was.
     for _ in range(1000):
         lease = await pool.acquire()
         lease.release()
-    await settle()
     assert pool.stats().prewarm_runs == 2 and pool.prewarm_running
     assert dialer.attempts == 1003  # the round's one dial, waiting on the gate
     clock.advance(60)
     for _ in range(1000):
         lease = await pool.acquire()
         lease.release()
-    await settle()
     assert pool.stats().prewarm_runs == 2 and dialer.attempts == 1003
     dialer.gate.set()
     await pool.wait_prewarm()
@@ -317,8 +313,7 @@ async def test_manager_pools_per_account_and_closes_everything() -> None:
     await manager.aclose()
     assert dialer.dialed[0].closed and not dialer.dialed[1].closed
     held.release()
-    await settle()
-    assert dialer.dialed[1].closed
+    await eventually(lambda: dialer.dialed[1].closed, what="the late-returned socket closed")
     with pytest.raises(PoolClosed):
         await manager.pool("c").acquire()
 
@@ -331,7 +326,7 @@ async def test_manager_background_task_cleans_accounts_without_traffic() -> None
     (await manager.pool("quiet").acquire()).release()
     manager.start()
     clock.advance(101)  # no more acquires: only the background task can notice
-    await until(lambda: dialer.dialed[0].closed)
+    await eventually(lambda: dialer.dialed[0].closed)
     assert manager.stats()["quiet"].expired == 1
     await manager.aclose()
 

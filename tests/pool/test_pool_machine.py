@@ -18,7 +18,8 @@ from hypothesis.stateful import (
 )
 
 from pool import AccountPool, Lease, PoolConfig
-from tests.pool.fakes import FakeClock, FakeConn, FakeDialer
+from tests.pool.fakes import FakeConn, FakeDialer
+from tests.support import FakeClock, eventually
 
 CFG = PoolConfig(
     max_conns=3,
@@ -49,13 +50,20 @@ class PoolMachine(RuleBasedStateMachine):
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
 
-    async def _yield(self) -> None:
-        for _ in range(6):
-            await asyncio.sleep(0)
+    def _quiet(self) -> bool:
+        """Every woken task has run: no dial in flight, no cancel still to be handled, and
+        each unfinished acquire is one of the pool's queued waiters."""
+        unfinished = [task for _, task in self.pending if not task.done()]
+        stats = self.pool.stats()
+        return (
+            stats.dialing == 0
+            and not any(task.cancelling() for task in unfinished)
+            and len(unfinished) == stats.waiters
+        )
 
     def settle(self) -> None:
-        """Run woken tasks, then collect the acquires that finished."""
-        self.run(self._yield())
+        """Run woken tasks until the loop is quiet, then collect the finished acquires."""
+        self.run(eventually(self._quiet, interval=0, what="the pool settling"))
         for item in list(self.pending):
             seq, task = item
             if not task.done():
@@ -191,9 +199,10 @@ class PoolMachine(RuleBasedStateMachine):
             assert min(seq for seq, _ in self.pending) > self.newest_served
 
     def teardown(self) -> None:
-        for _, task in self.pending:
+        tasks = [task for _, task in self.pending]
+        for task in tasks:
             task.cancel()
-        self.run(self._yield())
+        self.run(eventually(lambda: all(task.done() for task in tasks), interval=0))
         self.run(self.pool.aclose())
         self.loop.close()
 

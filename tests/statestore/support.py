@@ -10,19 +10,9 @@ from redis.asyncio.connection import Connection
 
 from statestore import StateStore, TurnBinding
 from statestore.redisstore import RedisStore
+from tests.support import FakeClock as FakeClock
 
 PENDING = {"call_1": "function_call", "call_2": "custom_tool_call"}
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class RecordingHooks:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from statestore import StateStore, open_store
+from statestore import Continuation, StateStore, open_store
 from tests.statestore.support import (
     PENDING,
     FakeClock,
@@ -20,7 +18,7 @@ from tests.statestore.support import (
     binding,
     count_round_trips,
 )
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer, eventually, free_port
 
 
 @pytest.fixture
@@ -133,13 +131,13 @@ async def test_real_ttl_expiry(redis_server: RedisServer, key_prefix: str) -> No
     await writer.bind_turn(binding("resp_1"))
     reader = open_store(redis_server.url, key_prefix=key_prefix, response_ttl_s=1)
     assert await reader.get_response_account("g", "resp_1") == "acct-a"
-    deadline = time.monotonic() + 5
-    while True:
+
+    async def expired() -> Continuation | None:
         found = await reader.lookup("g", response_id="resp_1", session_key="sess-1")
-        if found.account_id is None and found.session_last_response_id is None:
-            break
-        assert time.monotonic() < deadline, "binding never expired"
-        await asyncio.sleep(0.05)
+        gone = found.account_id is None and found.session_last_response_id is None
+        return found if gone else None
+
+    found = await eventually(expired, interval=0.05, what="the binding expiring")
     assert found.pending_calls is None and not found.degraded
     assert await writer.get_pending_calls("g", "resp_1") is None  # its cache expired too
     await writer.aclose()

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from statestore import StateStore, open_store
 from statestore.redisstore import RedisStore
 from tests.statestore.support import PENDING, RecordingHooks, as_redis, binding
-from tests.support import RedisServer, free_port, unique_prefix
+from tests.support import RedisServer, eventually, free_port, unique_prefix
 
 T = TypeVar("T")
 OP_TIMEOUT_MS = 150
@@ -47,10 +47,7 @@ async def within_budget(call: Awaitable[T]) -> T:
 
 
 async def wait_until_reachable(store: StateStore) -> None:
-    deadline = time.monotonic() + 5
-    while not await store.ping():
-        assert time.monotonic() < deadline, "store did not recover after SIGCONT"
-        await asyncio.sleep(0.02)
+    await eventually(store.ping, interval=0.02, what="the store recovering after SIGCONT")
 
 
 async def test_every_op_answers_from_the_cache_within_the_deadline_then_recovers(
@@ -203,10 +200,11 @@ async def test_a_timed_out_write_may_still_land_and_redis_then_wins(
     finally:
         own_redis.resume()
     await wait_until_reachable(store)
-    deadline = time.monotonic() + 5
-    while await other.get_response_account("g", "r2") != "acct-b":
-        assert time.monotonic() < deadline, "the late write never landed"
-        await asyncio.sleep(0.02)
+
+    async def late_write_landed() -> bool:
+        return await other.get_response_account("g", "r2") == "acct-b"
+
+    await eventually(late_write_landed, interval=0.02, what="the late write landing")
     assert await store.get_session_last_response("g", "sess-1") == "r2"
     assert await other.get_session_last_response("g", "sess-1") == "r2"
     assert (await store.bind_turn(binding("r3"))).ok

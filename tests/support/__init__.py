@@ -1,4 +1,5 @@
-"""Shared test support: free ports, a private redis-server, managed child processes.
+"""Shared test support: free ports, a private redis-server, managed child processes,
+and waiting without sleep-and-hope (``eventually``, ``FakeClock``).
 
 Everything here starts real components on loopback with free ports and temp dirs, so
 tests stay parallel-safe and never touch the machine's own Redis on 6379.
@@ -18,6 +19,21 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.timing import FakeClock, eventually
+
+__all__ = [
+    "REPO_ROOT",
+    "FakeClock",
+    "ManagedProcess",
+    "RedisServer",
+    "eventually",
+    "free_port",
+    "python_module",
+    "toml_dumps",
+    "unique_prefix",
+    "wait_for_port",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

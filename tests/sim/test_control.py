@@ -8,8 +8,8 @@ import json
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from tests.sim.control import AsyncSimControl
-from tests.sim_tests.helpers import KEY_A, KEY_B, Sim, frame, open_ws, response_of, turn, user
+from sim.control import AsyncSimControl
+from tests.sim.helpers import KEY_A, KEY_B, Sim, frame, open_ws, response_of, turn, user
 
 
 async def test_drop_idle_sockets_of_one_account(sim: Sim) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from tests.sim.model import Answer, Item, new_id
+from sim.model import Answer, Item, new_id
 
 _encoder = msgspec.json.Encoder()
 

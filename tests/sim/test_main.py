@@ -8,7 +8,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from tests.sim_tests.helpers import frame, running_sim
+from tests.sim.helpers import frame, running_sim
 
 
 async def test_any_key_and_timestamps() -> None:

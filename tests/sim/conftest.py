@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.sim_tests.helpers import KEY_A, KEY_B, Sim, running_sim
+from tests.sim.helpers import KEY_A, KEY_B, Sim, running_sim
 
 
 @pytest.fixture(scope="module")

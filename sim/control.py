@@ -3,9 +3,9 @@
 
 Start a simulator::
 
-    python -m tests.sim --host 127.0.0.1 --port 9090 [--keys sk-sim-a,sk-sim-b] [--timestamps]
+    python -m sim --host 127.0.0.1 --port 9090 [--keys sk-sim-a,sk-sim-b] [--timestamps]
 
-or in-process: ``tests.sim.app.create_sim_app(SimConfig(...))`` under uvicorn.
+or in-process: ``sim.app.create_sim_app(SimConfig(...))`` under uvicorn.
 
 Drive it::
 
@@ -41,7 +41,7 @@ of the last user message), ``skip`` (let N matching occasions pass first), ``pro
 (fire on that fraction, seeded).
 
 ``SimLog`` is both typed and dict-like: ``log.requests`` / ``log.connections`` are
-``RequestRecord`` / ``ConnectionRecord`` structs (tests/sim/records.py) and
+``RequestRecord`` / ``ConnectionRecord`` structs (sim/records.py) and
 ``log.counters`` a ``Counters``; ``log["requests"]`` gives the raw JSON dicts. Request
 ``outcome``: "in_flight", "completed", "error:<code or message>", "client_gone",
 "closed:<code>", "aborted", "silent", "http:<status>", "ignored". ``completed_delivered``
@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from tests.sim.records import ConnectionRecord, Counters, RequestRecord
+from sim.records import ConnectionRecord, Counters, RequestRecord
 
 __all__ = ["AsyncSimControl", "SimControl", "SimLog"]
 

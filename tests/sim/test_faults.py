@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sim.faults import FaultBook, FaultRule, Occasion
+from sim.faults import FaultBook, FaultRule, Occasion
 
 WS_A = Occasion("key-a", "ws", True, "hello world")
 

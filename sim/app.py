@@ -7,7 +7,7 @@ socket or over HTTP, else ``previous_response_not_found``; every tool call needs
 one output and every output a call; a failed request evicts the socket's cached response.
 Fault rules (``POST /__sim/faults``) inject the failures peers hit in production, and
 ``GET /__sim/log`` tells tests exactly what arrived. What the model answers is scripted by
-``[[sim ...]]`` directives in the last user message (see tests/sim/model.py).
+``[[sim ...]]`` directives in the last user message (see sim/model.py).
 
 In-process use::
 
@@ -28,10 +28,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from tests.sim import control_api
-from tests.sim.core import SimConfig, SimCore
-from tests.sim.http import http_endpoint
-from tests.sim.ws import websocket_endpoint
+from sim import control_api
+from sim.core import SimConfig, SimCore
+from sim.http import http_endpoint
+from sim.ws import websocket_endpoint
 
 __all__ = ["SimConfig", "SimCore", "create_sim_app"]
 

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.sim_tests.helpers import (
+from tests.sim.helpers import (
     CALL,
     KEY_A,
     KEY_B,

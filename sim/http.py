@@ -15,11 +15,11 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.sim.core import INVALID_KEY, SimCore, bearer
-from tests.sim.events import build_response, encode, stamp
-from tests.sim.faults import Occasion
-from tests.sim.model import StoredResponse, answer_for, new_id
-from tests.sim.records import RequestRecord
+from sim.core import INVALID_KEY, SimCore, bearer
+from sim.events import build_response, encode, stamp
+from sim.faults import Occasion
+from sim.model import StoredResponse, answer_for, new_id
+from sim.records import RequestRecord
 
 WS_ONLY_FIELDS = ("type", "generate")
 

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tests.sim.events import error_event, previous_not_found
-from tests.sim.faults import FaultBook, Occasion
-from tests.sim.model import (
+from sim.events import error_event, previous_not_found
+from sim.faults import FaultBook, Occasion
+from sim.model import (
     OUTPUT_TYPES,
     Item,
     StoredResponse,
@@ -21,10 +21,10 @@ from tests.sim.model import (
     last_user_text,
     pairing_error,
 )
-from tests.sim.records import ConnectionRecord, Counters, LogDocument, RequestRecord
+from sim.records import ConnectionRecord, Counters, LogDocument, RequestRecord
 
 if TYPE_CHECKING:
-    from tests.sim.ws import SimSocket
+    from sim.ws import SimSocket
 
 INVALID_KEY = {
     "error": {

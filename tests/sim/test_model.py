@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.sim.model import answer_for, input_items, pairing_error, parse_script
+from sim.model import answer_for, input_items, pairing_error, parse_script
 
 Item = dict[str, Any]
 

@@ -16,11 +16,11 @@ import msgspec
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from tests.sim.core import INVALID_KEY, Prepared, SimCore, bearer
-from tests.sim.events import build_response, encode, error_event, stamp
-from tests.sim.faults import FaultRule, Occasion
-from tests.sim.model import Answer, StoredResponse, answer_for, new_id
-from tests.sim.records import ConnectionRecord, RequestRecord
+from sim.core import INVALID_KEY, Prepared, SimCore, bearer
+from sim.events import build_response, encode, error_event, stamp
+from sim.faults import FaultRule, Occasion
+from sim.model import Answer, StoredResponse, answer_for, new_id
+from sim.records import ConnectionRecord, RequestRecord
 
 AGE_LIMIT_MESSAGE = (
     "Responses websocket connection limit reached (60 minutes). "

@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.sim_tests.helpers import (
+from tests.sim.helpers import (
     CALL,
     KEY_A,
     KEY_B,

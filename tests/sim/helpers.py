@@ -11,7 +11,7 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.sim.control import SimControl
+from sim.control import SimControl
 from tests.support import ManagedProcess, free_port, python_module
 
 KEY_A = "sk-sim-a"
@@ -41,7 +41,7 @@ class Sim:
 def running_sim(*extra: str) -> Iterator[Sim]:
     port = free_port()
     proc = ManagedProcess(
-        python_module("tests.sim", "--host", "127.0.0.1", "--port", str(port), *extra)
+        python_module("sim", "--host", "127.0.0.1", "--port", str(port), *extra)
     ).start(wait_port=port)
     control = SimControl(f"http://127.0.0.1:{port}")
     try:

@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from tests.sim_tests.helpers import (
+from tests.sim.helpers import (
     CALL,
     KEY_A,
     KEY_B,

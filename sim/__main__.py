@@ -1,4 +1,4 @@
-"""``python -m tests.sim --host 127.0.0.1 --port 9090 [--keys k1,k2] [--timestamps]``."""
+"""``python -m sim --host 127.0.0.1 --port 9090 [--keys k1,k2] [--timestamps]``."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import argparse
 import uvicorn
 from uvicorn.config import WS_PROTOCOLS
 
-from tests.sim.app import create_sim_app
-from tests.sim.core import SimConfig
+from sim.app import create_sim_app
+from sim.core import SimConfig
 
 WS_MAX_SIZE = 16 * 1024 * 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m tests.sim", description="Responses API upstream simulator"
+        prog="python -m sim", description="Responses API upstream simulator"
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9090)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.sim.events import build_response, error_event, stamp
-from tests.sim.model import Answer, answer_for
+from sim.events import build_response, error_event, stamp
+from sim.model import Answer, answer_for
 
 
 def test_warm_up_is_created_then_completed_with_nothing() -> None:

@@ -17,8 +17,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tests.sim.core import SimCore
-from tests.sim.faults import FaultRule
+from sim.core import SimCore
+from sim.faults import FaultRule
 
 
 class DropSpec(msgspec.Struct, kw_only=True):
