@@ -14,10 +14,12 @@ continuation state (each step is a small function below):
    own call is moved right after it.
 4. ``drop_orphans_and_duplicates``: remove orphan outputs (no call in the input nor in
    the known pending set) and duplicate outputs (a call gets exactly one).
-5. ``classify``: keep ``previous_response_id`` invariant-first. It is never dropped
-   here: when the upstream lost the previous response the decision is
-   ``needs_full_replay`` and the gateway expands the request with its transcript
-   (dropping it on a delta input would silently lose the conversation).
+5. ``classify``: keep ``previous_response_id`` invariant-first. It is dropped only
+   together with expanding the input to the whole conversation: when the upstream lost
+   the previous response and the caller passed the transcript, step 1 is followed by
+   ``expand_with_transcript`` and the rest runs on the full input; without a
+   transcript the decision is ``needs_full_replay`` (dropping the id on a delta input
+   would silently lose the conversation).
 6. ``settle``: encode once. The result's request carries those bytes as its ``raw``, so
    ``encode_request`` on it returns them without encoding again; an unchanged request
    keeps the very bytes object that came in.
@@ -54,6 +56,7 @@ OUTPUT_TYPES = frozenset(OUTPUT_FOR_CALL.values())
 
 _REASON_PRIORITY = (
     Reason.PREVIOUS_UNAVAILABLE,
+    Reason.DROPPED_FOR_FULL_REPLAY,
     Reason.INJECTED_ABORTED,
     Reason.REMOVED_ORPHANS,
     Reason.REMOVED_DUPLICATES,
@@ -140,6 +143,21 @@ def choose_previous(
         record.note(Reason.ALIGNED_PREVIOUS, "aligned_previous_response_id")
         return last, "aligned"
     return prev, "kept"
+
+
+def expand_with_transcript(
+    request: RequestSnapshot, prev: str | None, state: ContinuationState, record: Record
+) -> RequestSnapshot | None:
+    """The request with the whole conversation as its input and no previous response,
+    when the previous response is gone upstream and the transcript ending with it is
+    known; else None (nothing to expand, or nothing to expand with)."""
+    transcript = state.transcript
+    if prev is None or state.previous_available or transcript is None:
+        return None
+    if prev != state.last_response_id:
+        return None
+    record.note(Reason.DROPPED_FOR_FULL_REPLAY, "expanded_full_transcript")
+    return request.with_items(transcript + request.items).with_previous_response_id(None)
 
 
 def pending_for(
@@ -265,6 +283,11 @@ def normalize(
     )
 
     prev, prev_action = choose_previous(request, last, known, calls_in_input, record)
+    expanded = expand_with_transcript(request, prev, state, record)
+    if expanded is not None:
+        request, prev, prev_action = expanded, None, "dropped"
+        calls_in_input = _ids_of(request.items, OUTPUT_FOR_CALL)
+        answered = _ids_of(request.items, OUTPUT_TYPES)
     pending = pending_for(prev, last, known)
     front = abort_unanswered_pending(pending, answered, calls_in_input)
     answered.update(item.call_id for item in front if item.call_id is not None)
@@ -297,7 +320,7 @@ def normalize(
     )
     if strict and repaired:
         raise InvariantViolation(decision, "; ".join(record.actions))
-    result, payload = settle(request, prev, kept if repaired else None)
+    result, payload = settle(request, prev, kept if repaired or expanded else None)
     return NormalizeResult(result, payload, decision)
 
 

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 import msgspec
 
-from normalizer.snapshot import RequestSnapshot
+from normalizer.snapshot import Item, RequestSnapshot
 
 
 class PendingCall(msgspec.Struct, frozen=True):
@@ -19,6 +19,10 @@ class ContinuationState(msgspec.Struct, frozen=True, kw_only=True):
     last_response_id: str | None = None  # the session's last response
     pending_calls: tuple[PendingCall, ...] | None = None  # of last_response_id; None = unknown
     previous_available: bool = True  # False: the upstream lost the previous response's state
+    # The whole conversation up to and including last_response_id's output, when the
+    # caller has it: a request that continues an unavailable previous response is then
+    # expanded to a full one (no previous_response_id) in the same pass.
+    transcript: tuple[Item, ...] | None = None
 
 
 class InvariantState(StrEnum):

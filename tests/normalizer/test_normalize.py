@@ -232,6 +232,71 @@ def test_previous_response_id_is_never_dropped(
         assert result.decision.reason is Reason.PREVIOUS_UNAVAILABLE
 
 
+@SETTINGS
+@given(pending_and_input())
+def test_an_unavailable_previous_response_is_expanded_with_the_transcript_in_one_pass(
+    case: tuple[list[tuple[str, str]], list[dict[str, Any]]],
+) -> None:
+    """The transcript ends with the previous response's calls; the expanded request has
+    no previous_response_id, stands alone for the upstream's pairing rules, and keeps
+    the whole conversation before the client's new items."""
+    pending, items = case
+    history = [user("earlier"), *(call(kind, cid) for cid, kind in pending)]
+    transcript = tuple(make_item(item) for item in history)
+    state = ContinuationState(
+        last_response_id="resp_1",
+        pending_calls=tuple(PendingCall(c, k) for c, k in pending),
+        previous_available=False,
+        transcript=transcript,
+    )
+    result = normalize(decode_request(frame(items, previous_response_id="resp_1")), state)
+    sent = sent_items(result.payload)
+    assert result.request.previous_response_id is None
+    assert "previous_response_id" not in json.loads(result.payload)
+    assert result.decision.previous_response_id_action == "dropped"
+    assert result.decision.state is not InvariantState.NEEDS_FULL_REPLAY
+    assert pairing_error(sent) is None
+    assert sent[0] == history[0]
+    assert encode_request(result.request) is result.payload
+
+
+def test_expansion_needs_the_transcript_of_that_very_response() -> None:
+    transcript = (make_item(user("earlier")),)
+    request = decode_request(frame([user("next")], previous_response_id="resp_old", store=True))
+    state = ContinuationState(
+        last_response_id="resp_1", previous_available=False, transcript=transcript
+    )
+    result = normalize(request, state)
+    # A stored response is continued by id (store: true is never aligned): nothing to expand.
+    assert result.request.previous_response_id == "resp_old"
+    available = ContinuationState(last_response_id="resp_1", transcript=transcript)
+    kept = normalize(decode_request(frame([user("x")], previous_response_id="resp_1")), available)
+    assert kept.request.previous_response_id == "resp_1"
+    assert kept.payload is kept.request.raw
+
+
+def test_expansion_answers_a_pending_call_left_unanswered_right_after_it() -> None:
+    transcript = (make_item(user("run")), make_item(call("function_call", "call_1")))
+    state = ContinuationState(
+        last_response_id="resp_1",
+        pending_calls=(PendingCall("call_1", "function_call"),),
+        previous_available=False,
+        transcript=transcript,
+    )
+    result = normalize(
+        decode_request(frame([user("never mind")], previous_response_id="resp_1")), state
+    )
+    assert [i.get("type") for i in sent_items(result.payload)] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+    ]
+    assert result.decision.reason is Reason.DROPPED_FOR_FULL_REPLAY
+    assert result.decision.injected == 1
+    assert result.decision.actions == ("expanded_full_transcript", "injected_aborted:1")
+
+
 # -- a conversation driven turn by turn --------------------------------------------------
 
 
