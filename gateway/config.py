@@ -96,6 +96,10 @@ class OpenAIWSConfig(_Section):
     retry_jitter_ratio: Ratio = 0.2
     retry_total_budget_ms: NonNegInt = 5000
     fallback_cooldown_s: NonNegFloat = 30.0
+    cooldown_initial_s: PositiveFloat = 1.0
+    cooldown_max_s: PositiveFloat = 300.0
+    account_failure_threshold: PositiveInt = 5
+    account_probe_interval_s: PositiveFloat = 10.0
     recovery_enabled: bool = True
     transcript_max_bytes_per_socket: PositiveInt = 64 * MIB
     transcript_max_bytes_total: PositiveInt = 2048 * MIB

@@ -5,6 +5,7 @@ Forwarders get one ``GatewayContext`` and nothing global.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections import defaultdict
@@ -12,6 +13,7 @@ from collections import defaultdict
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from gateway.accounts import AccountState, HealthPolicy, Scheduler
 from gateway.auth import ClientDirectory
 from gateway.config import Account, Config
 from gateway.logs import PayloadSampler
@@ -23,6 +25,8 @@ from gateway.upstream.dialer import UpstreamDialer
 from gateway.upstream.http import HttpClients
 from pool import Dialer, PoolConfig, PoolManager
 from statestore import StateStore, open_store
+
+log = logging.getLogger("gateway.context")
 
 
 def pool_config_for(cfg: Config, account: Account | None = None) -> PoolConfig:
@@ -113,13 +117,41 @@ class GatewayContext:
         )
         self.registry = SessionRegistry()
         self.transcripts = TranscriptBudget(cfg.openai_ws.transcript_max_bytes_total)
-        self.active: dict[str, int] = defaultdict(int)  # account -> turns/sockets in use
+        ws = cfg.openai_ws
+        self.scheduler = Scheduler(
+            self.accounts,
+            policy=HealthPolicy(
+                cooldown_initial_s=ws.cooldown_initial_s,
+                cooldown_max_s=ws.cooldown_max_s,
+                failure_threshold=ws.account_failure_threshold,
+                probe_interval_s=ws.account_probe_interval_s,
+            ),
+            clock=time.monotonic,
+            on_change=self._account_state_changed,
+        )
+        self.active = self.scheduler.active  # account -> turns/sockets in use
         self._cooldown_until: dict[str, float] = {}
         # Which response each upstream socket holds in its connection-local cache: with
         # store:false only that one can be continued on that socket. Keyed weakly by the
         # socket object, so an entry goes away with the socket the pool dropped.
         self._conn_holds: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         self.draining = False
+
+    def _account_state_changed(self, account_id: str, state: AccountState) -> None:
+        gauge = self.metrics.account_state
+        for each in AccountState:
+            gauge.labels(account_id, each.value).set(1 if each is state else 0)
+        log.info(
+            "account %s is %s",
+            account_id,
+            state.value,
+            extra={
+                "event": "account_state",
+                "account_id": account_id,
+                "state": state.value,
+                "until_s": self.scheduler.until(account_id),
+            },
+        )
 
     # -- upstream socket state -------------------------------------------------------
     def conn_remember(self, conn: object, response_id: str) -> None:
@@ -164,16 +196,14 @@ class GatewayContext:
             return False
         return any(resolve(a, ws).transport == "ws" for a in self.groups.get(group, []))
 
+    def ws_capable(self, account: Account) -> bool:
+        """Whether the account's turns go over WebSocket now (else HTTP)."""
+        return self.resolution(account).transport == "ws"
+
     def pick_account(self, group: str, *, prefer_ws: bool = True) -> Account | None:
-        """Least loaded (by weight) account of the group, WebSocket-capable ones first."""
-        best: Account | None = None
-        best_key: tuple[int, float] | None = None
-        for account in self.groups.get(group, []):
-            ws_ok = self.resolution(account).transport == "ws"
-            key = (0 if (ws_ok or not prefer_ws) else 1, self.active[account.id] / account.weight)
-            if best_key is None or key < best_key:
-                best, best_key = account, key
-        return best
+        """Least loaded (by weight) available account of the group, WebSocket-capable
+        ones first unless ``prefer_ws`` is off."""
+        return self.scheduler.pick(group, usable=self.ws_capable if prefer_ws else None)
 
     def account_in_group(self, account_id: str | None, group: str) -> Account | None:
         if account_id is None:

@@ -91,6 +91,7 @@ class ErrorEventPeek(msgspec.Struct):
     status: int | None = None
     status_code: int | None = None
     error: ErrorBody | None = None
+    headers: dict[str, str] | None = None  # e.g. retry-after on a 429
 
 
 _response_decoder = msgspec.json.Decoder(ResponseEventPeek)
@@ -128,10 +129,11 @@ class _ErrorDetail(msgspec.Struct, omit_defaults=True):
     param: str | None = None
 
 
-class _ErrorEvent(msgspec.Struct):
+class _ErrorEvent(msgspec.Struct, omit_defaults=True):
     type: str
     status: int
     error: _ErrorDetail
+    headers: dict[str, str] | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -144,9 +146,11 @@ def error_event(
     *,
     error_type: str = "invalid_request_error",
     param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> str:
-    """An ``error`` event in the upstream's own shape (R-06)."""
-    event = _ErrorEvent("error", status, _ErrorDetail(code, message, error_type, param))
+    """An ``error`` event in the upstream's own shape (``headers`` as the upstream sends
+    them, e.g. ``retry-after``, which Codex reads)."""
+    event = _ErrorEvent("error", status, _ErrorDetail(code, message, error_type, param), headers)
     return _encoder.encode(event).decode()
 
 

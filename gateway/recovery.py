@@ -38,6 +38,7 @@ class Failure(StrEnum):
     PREVIOUS_NOT_FOUND = "previous_response_not_found"
     TOOL_OUTPUT_MISSING = "tool_output_missing"
     ORPHAN_OUTPUT = "tool_call_missing"  # an output whose call the upstream never saw
+    RATE_LIMITED = "rate_limited"  # error event 429 / quota: this account refuses work for now
     CONNECTION_LIMIT = "websocket_connection_limit_reached"
     ERROR_TRANSIENT = "upstream_server_error"
     ERROR_FINAL = "upstream_request_error"  # the upstream rejected the request itself
@@ -51,6 +52,7 @@ class Action(StrEnum):
     DROP_ORPHAN_OUTPUT = "drop_orphan_output"  # remove the output the upstream named, resend
     ABORT_MISSING_OUTPUT = "abort_missing_output"  # answer the named call "aborted", resend
     FALLBACK_HTTP = "fallback_http"  # one policy failure: same request over HTTP, cooldown
+    FAILOVER = "failover_account"  # this account is limited: the turn moves to another one
     RELAY_ERROR = "relay_upstream_error"  # give the client the upstream's own error event
     FAIL = "fail"  # give the client the gateway's error event
 
@@ -59,7 +61,6 @@ TRANSIENT = frozenset(
     {
         Failure.DIAL,
         Failure.HANDSHAKE_5XX,
-        Failure.HANDSHAKE_RATE_LIMIT,
         Failure.CLOSED_TRANSIENT,
         Failure.TIMEOUT,
         Failure.CONNECTION_LIMIT,
@@ -96,7 +97,16 @@ def classify_exception(exc: BaseException) -> Failure:
     return Failure.DIAL
 
 
+RATE_LIMITS = frozenset({Failure.HANDSHAKE_RATE_LIMIT, Failure.RATE_LIMITED})
+# Failures that count against an account's transport health (enough in a row open it).
+TRANSPORT_FAILURES = frozenset(
+    {Failure.DIAL, Failure.HANDSHAKE_5XX, Failure.CLOSED_TRANSIENT, Failure.TIMEOUT}
+)
+
+
 def classify_error_event(err: UpstreamErrorInfo) -> Failure:
+    if err.is_rate_limit:
+        return Failure.RATE_LIMITED
     if err.is_previous_not_found:
         return Failure.PREVIOUS_NOT_FOUND
     if err.is_tool_output_missing:
@@ -137,6 +147,7 @@ class TurnAttempts:
     tried: set[Action] = field(default_factory=set)
     replayed: set[Failure] = field(default_factory=set)  # each failure kind gets one replay
     repairs: int = 0  # outputs dropped or injected after the upstream named them
+    accounts: set[str] = field(default_factory=set)  # accounts the turn moved away from
 
 
 def next_action(
@@ -149,8 +160,12 @@ def next_action(
     can_align: bool,
     has_transcript: bool,
     recovery_enabled: bool = True,
+    can_failover: bool = False,
 ) -> Action:
     """The recovery matrix. Only called while nothing has reached the client."""
+    if failure in RATE_LIMITS:
+        # Retrying a limited account only burns its quota further: move or give up.
+        return Action.FAILOVER if can_failover else Action.FAIL
     if failure is Failure.PREVIOUS_NOT_FOUND:
         if recovery_enabled and can_align and Action.ALIGN not in state.tried:
             return Action.ALIGN

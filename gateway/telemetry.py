@@ -87,6 +87,18 @@ class Metrics:
             "gateway_handshakes", "Client WebSocket handshakes", ["result"], registry=r
         )
         self.sessions = Gauge("gateway_client_sockets", "Open client WebSockets", registry=r)
+        self.account_state = Gauge(
+            "gateway_account_state",
+            "1 for the state each upstream account is in (healthy, cooling, open, half_open)",
+            ["account", "state"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "gateway_account_failovers",
+            "Turns moved to another account before any event reached the client",
+            ["reason"],
+            registry=r,
+        )
         self.sockets_holding_response = Gauge(
             "gateway_upstream_sockets_holding_response",
             "Upstream sockets known to hold a previous response in their connection cache",

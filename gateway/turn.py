@@ -38,12 +38,26 @@ class TurnOutcome(StrEnum):
     ERROR = "error"  # an `error` event ended the turn
 
 
+RATE_LIMIT_CODES = frozenset(
+    {"rate_limit_exceeded", "insufficient_quota", "usage_limit_reached", "usage_not_included"}
+)
+
+
 @dataclass(slots=True)
 class UpstreamErrorInfo:
     status: int | None
     code: str | None
     message: str
     frame: str | bytes
+    headers: dict[str, str] | None = None
+
+    @property
+    def is_rate_limit(self) -> bool:
+        """The account is rate-limited or out of quota (another account may serve)."""
+        if self.status == 429 or self.code in RATE_LIMIT_CODES:
+            return True
+        msg = self.message.lower()
+        return "rate limit" in msg or "quota" in msg
 
     @property
     def is_previous_not_found(self) -> bool:
@@ -86,6 +100,7 @@ class UpstreamErrorInfo:
             code=err.code if err else None,
             message=(err.message or "") if err else "",
             frame=frame,
+            headers=peek.headers,
         )
 
 

@@ -1,87 +1,59 @@
-"""ctx_pool mode: a pooled upstream socket per turn, normalizer before every write,
-continuation on any instance, recovery matrix, retries and transparent HTTP fallback.
+"""ctx_pool mode: a pooled upstream socket per turn, the normalizer before every write,
+continuation on any instance, recovery, account failover and transparent HTTP fallback.
 
-The turn is a straight line (resolve → account → lease → normalize → write → relay →
-bind → release). Failures before the first event reached the client leave it at one
-place, ``recovery.next_action``, which picks retry, align, replay, HTTP, or an error.
+A turn goes one way: decode → continuation → account → plan → attempt (normalize once,
+write, relay) → finish (socket state, transcript, queued binding). A failure before the
+first event reached the client goes to ``recovery.next_action``; each action has one
+small handler here that returns the next ``Plan`` (or ends the turn), so recovery never
+re-enters the middle of an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 
 from opentelemetry import trace
-from opentelemetry.trace import Span
 
 from gateway.auth import ClientIdentity
 from gateway.config import Account
 from gateway.context import GatewayContext
-from gateway.events import error_event
+from gateway.forward.attempt import MODE, AttemptFailed, Delivered, Plan, WsAttempt
 from gateway.forward.binder import BindWriter
+from gateway.forward.continuation import SocketState, resolve_continuation
+from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
-from gateway.forward.liveness import recv_live
+from gateway.forward.replies import INTERRUPTED, Replies
 from gateway.recovery import (
+    RATE_LIMITS,
+    TRANSPORT_FAILURES,
     Action,
     Failure,
     RetryPolicy,
     TurnAttempts,
-    classify_error_event,
-    classify_exception,
     next_action,
     repair_pairing,
 )
 from gateway.session import ClientSink
-from gateway.tracing import mark_error
 from gateway.transcript import Transcript
-from gateway.turn import TurnTracker, UpstreamErrorInfo
-from gateway.upstream.dialer import turn_headers
+from gateway.turn import TurnTracker
 from gateway.upstream.headers import forwarded_headers
-from gateway.upstream.ws import UpstreamError, UpstreamWS
-from normalizer import ContinuationState, Decision, PendingCall, normalize
-from normalizer.snapshot import RequestDecodeError, RequestSnapshot, decode_request, encode_request
-from pool import Lease
+from normalizer import ContinuationState, normalize
+from normalizer.snapshot import RequestDecodeError, RequestSnapshot, decode_request
 from statestore import TurnBinding
 
 log = logging.getLogger("gateway.ctx_pool")
-MODE = "ctx_pool"
 
-
-@dataclass(slots=True)
-class _AttemptFailed(Exception):
-    failure: Failure
-    error: UpstreamErrorInfo | None = None
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class TurnFacts:
-    """What one turn did, for its span and logs."""
-
-    account_id: str = ""
-    conn_reused: bool | None = None
-    normalizer_state: str = ""
-    normalizer_reason: str = ""
-    retries: int = 0
-    fallback: str = ""
-    recovery: str = ""
-    drained: bool = False
-    tracker: TurnTracker | None = None
-
-
-@dataclass(slots=True)
-class _Continuation:
-    anchor: str | None  # the response this turn continues (after alignment)
-    account_id: str | None
-    pending: dict[str, str] | None
-    conn_id: str | None
-    session_last: str | None
+_Handler = Callable[
+    ["CtxPoolForwarder", Plan, AttemptFailed, TurnAttempts, ClientSink],
+    Awaitable["Plan | Outcome"],
+]
 
 
 class CtxPoolForwarder:
@@ -94,15 +66,10 @@ class CtxPoolForwarder:
     ) -> None:
         self.ctx = ctx
         self.group = identity.group
-        self.client_headers = headers
         self.session_key = session_key or f"sock:{ctx.instance_id}:{uuid.uuid4().hex}"
         self.fwd_headers = tuple(forwarded_headers(headers))
         self.turn_state: str | None = headers.get("x-codex-turn-state")
-        # Per-socket continuation state: the fast path for the next turn on this socket.
-        self.last_response_id: str | None = None
-        self.last_account_id: str | None = None
-        self.last_conn_id: str | None = None
-        self.last_pending: dict[str, str] | None = None
+        self.state = SocketState()  # the fast path for the next turn on this socket
         ws = ctx.cfg.openai_ws
         self.transcript = Transcript(ctx.transcripts, ws.transcript_max_bytes_per_socket)
         self.policy = RetryPolicy(
@@ -115,6 +82,8 @@ class CtxPoolForwarder:
         self.rng = random.Random()
         self.trace_parent = ctx.tracing.parent_context(headers)
         self.facts = TurnFacts()
+        self.attempt = WsAttempt(ctx, self.transcript, self.fwd_headers)
+        self.replies = Replies(ctx, self.group)
         registry = ctx.registry
         self.binder = BindWriter(
             ctx.store,
@@ -123,8 +92,12 @@ class CtxPoolForwarder:
             on_idle=registry.turn_finished,
         )
 
+    @property
+    def last_conn_id(self) -> str | None:
+        return self.state.conn_id
+
     async def handshake_turn_state(self) -> str | None:
-        """Echo the client's token, else the session's stored one, else mint one (R-05)."""
+        """Echo the client's token, else the session's stored one, else mint one."""
         if self.turn_state:
             return self.turn_state
         stored = await self.ctx.store.get_turn_state(self.group, self.session_key)
@@ -136,381 +109,259 @@ class CtxPoolForwarder:
         with self.ctx.tracing.turn_span("chat", self.trace_parent) as span:
             self.facts = facts = TurnFacts()
             outcome = await self._run_turn(frame, sink)
-            self.ctx.metrics.turns.labels(MODE, outcome).inc()
+            facts.drained = sink.gone
+            self.ctx.metrics.turns.labels(MODE, outcome.value).inc()
             if span.is_recording():
-                self._annotate(span, facts, outcome)
+                annotate_turn(
+                    span,
+                    facts,
+                    outcome,
+                    instance=self.ctx.instance_id,
+                    group=self.group,
+                    mode=MODE,
+                )
 
-    def _annotate(self, span: Span, facts: TurnFacts, outcome: str) -> None:
-        span.set_attribute("gateway.instance", self.ctx.instance_id)
-        span.set_attribute("gateway.group", self.group)
-        span.set_attribute("gateway.mode", MODE)
-        span.set_attribute("gateway.outcome", outcome)
-        span.set_attribute("gateway.account", facts.account_id)
-        if facts.conn_reused is not None:
-            span.set_attribute("gateway.conn_reused", facts.conn_reused)
-        span.set_attribute("gateway.normalizer.state", facts.normalizer_state)
-        span.set_attribute("gateway.normalizer.reason", facts.normalizer_reason)
-        span.set_attribute("gateway.retries", facts.retries)
-        span.set_attribute("gateway.fallback", facts.fallback)
-        span.set_attribute("gateway.recovery", facts.recovery)
-        span.set_attribute("gateway.drained_after_disconnect", facts.drained)
-        tracker = facts.tracker
-        if tracker is not None:
-            if tracker.response_id:
-                span.set_attribute("gen_ai.response.id", tracker.response_id)
-            if tracker.model:
-                span.set_attribute("gen_ai.response.model", tracker.model)
-            span.set_attribute("gen_ai.usage.input_tokens", tracker.input_tokens)
-            span.set_attribute("gen_ai.usage.output_tokens", tracker.output_tokens)
-            if tracker.ttft_s is not None:
-                span.set_attribute("gateway.ttft_ms", round(tracker.ttft_s * 1000, 3))
-        if outcome not in ("completed", "http_completed"):
-            mark_error(span, outcome)
-
-    async def _run_turn(self, frame: str, sink: ClientSink) -> str:
+    async def _run_turn(self, frame: str, sink: ClientSink) -> Outcome:
         try:
             request = decode_request(frame)
         except RequestDecodeError as exc:
-            await self._client_error(sink, 400, "invalid_request", str(exc))
-            return "invalid_request"
+            return await self.replies.client_error(sink, Outcome.INVALID_REQUEST, 400, str(exc))
         if request.type != "response.create":
-            await self._client_error(
-                sink, 400, "unsupported_message_type", f"unsupported message type {request.type!r}"
+            message = f"unsupported message type {request.type!r}"
+            return await self.replies.client_error(
+                sink, Outcome.INVALID_REQUEST, 400, message, code="unsupported_message_type"
             )
-            return "invalid_request"
         if request.model:
             trace.get_current_span().set_attribute("gen_ai.request.model", request.model)
         with self.ctx.tracing.child("statestore.lookup"):
-            cont = await self._continuation(request)
-        account = self._choose_account(cont)
-        if account is None:
-            await self._client_error(
-                sink, 503, "no_account", "no upstream account is configured for this key's group"
+            cont = await resolve_continuation(
+                self.ctx.store, self.group, self.session_key, self.state, request
             )
-            return "no_account"
-        self.facts.account_id = account.id
-        self.ctx.active[account.id] += 1
-        try:
-            return await self._serve(request, cont, account, sink)
-        finally:
-            self.ctx.active[account.id] -= 1
-            self.facts.drained = sink.gone
-
-    async def _continuation(self, request: RequestSnapshot) -> _Continuation:
-        prev = request.previous_response_id
-        store = self.ctx.store
-        last = self.last_response_id
-        if last is not None and (prev == last or prev is None):
-            # This socket's own state answers the next turn: it never waits on the store.
-            return _Continuation(
-                last, self.last_account_id, self.last_pending, self.last_conn_id, last
-            )
-        found = await store.lookup(self.group, response_id=prev, session_key=self.session_key)
-        session_last = self.last_response_id or found.session_last_response_id
-        anchor = prev
-        if session_last and (prev is None or (request.store is not True and prev != session_last)):
-            anchor = session_last  # inference / store:false alignment target (normalizer decides)
-        if anchor == prev:
-            return _Continuation(
-                anchor, found.account_id, found.pending_calls, found.conn_id, session_last
-            )
-        if anchor == self.last_response_id:
-            return _Continuation(
-                anchor, self.last_account_id, self.last_pending, self.last_conn_id, session_last
-            )
-        assert anchor is not None
-        lookup = await store.lookup(self.group, response_id=anchor, session_key=None)
-        return _Continuation(
-            anchor,
-            lookup.account_id or found.account_id,
-            lookup.pending_calls,
-            lookup.conn_id,
-            session_last,
+        account = self.ctx.scheduler.pick(
+            self.group, prefer=cont.account_id, usable=self.ctx.ws_capable
         )
+        if account is None:
+            return await self.replies.no_account(sink)
+        return await self._serve(Plan(request, cont, account), sink)
 
-    def _choose_account(self, cont: _Continuation) -> Account | None:
-        owned = self.ctx.account_in_group(cont.account_id, self.group)
-        return owned or self.ctx.pick_account(self.group)
-
-    async def _serve(
-        self, request: RequestSnapshot, cont: _Continuation, account: Account, sink: ClientSink
-    ) -> str:
+    async def _serve(self, plan: Plan, sink: ClientSink) -> Outcome:
         ctx = self.ctx
-        metrics = ctx.metrics
         attempts = TurnAttempts()
         first_failure_at: float | None = None  # the retry budget runs from the first failure
-        fresh_socket = False
         while True:
-            resolution = ctx.resolution(account)
+            resolution = ctx.resolution(plan.account)
             if resolution.transport == "http":
-                metrics.fallbacks.labels(resolution.reason).inc()
+                ctx.metrics.fallbacks.labels(resolution.reason).inc()
                 self.facts.fallback = resolution.reason
-                return await self._serve_http(request, cont, account, sink)
+                return await self._serve_http(plan, sink)
             attempts.attempts += 1
+            self.facts.account_id = plan.account.id
+            ctx.scheduler.begin(plan.account.id)
             try:
-                return await self._attempt_ws(request, cont, account, sink, fresh_socket)
-            except _AttemptFailed as failed:
-                failure, error, detail = failed.failure, failed.error, failed.detail
+                done = await self.attempt.run(plan, sink, self.facts)
+            except AttemptFailed as exc:
+                failed = exc
+            else:
+                ctx.scheduler.succeeded(plan.account.id)
+                return await self._delivered(done, plan, sink)
+            finally:
+                ctx.scheduler.end(plan.account.id)
+            if failed.after_events:
+                message = "upstream connection lost mid-response; the response is incomplete"
+                return await self.replies.client_error(
+                    sink, Outcome.INTERRUPTED, 502, message, "server_error", code=INTERRUPTED
+                )
             if sink.gone:
-                return "client_gone"
+                return Outcome.CLIENT_GONE
+            self._note_health(plan.account, failed)
             if first_failure_at is None:
                 first_failure_at = time.monotonic()
-            backoff = self.policy.backoff(attempts.retries + 1, self.rng)
-            action = next_action(
-                failure,
-                attempts,
-                self.policy,
-                elapsed_s=time.monotonic() - first_failure_at,
-                next_backoff_s=backoff,
-                can_align=bool(
-                    cont.session_last
-                    and request.previous_response_id
-                    and cont.session_last != request.previous_response_id
-                ),
-                has_transcript=self.transcript.covers(request.previous_response_id)
-                or (
-                    request.previous_response_id is None and failure is Failure.TOOL_OUTPUT_MISSING
-                ),
-                recovery_enabled=ctx.cfg.openai_ws.recovery_enabled,
-            )
-            attempts.tried.add(action)
-            log.info(
-                "turn attempt failed",
-                extra={
-                    "event": "turn_attempt_failed",
-                    "failure": failure.value,
-                    "action": action.value,
-                    "account_id": account.id,
-                    "attempt": attempts.attempts,
-                    "detail": detail[:160],
-                },
-            )
-            if action is not Action.RETRY:
-                self.facts.recovery = action.value
-            if action is Action.RETRY:
-                attempts.retries += 1
-                self.facts.retries = attempts.retries
-                metrics.retry_attempts.labels(failure.value).inc()
-                await asyncio.sleep(backoff)
-                continue
-            if action in (Action.DROP_ORPHAN_OUTPUT, Action.ABORT_MISSING_OUTPUT):
-                repaired = repair_pairing(request, error) if error is not None else None
-                if repaired is not None:
-                    attempts.repairs += 1
-                    metrics.recoveries.labels(action.value, "attempted").inc()
-                    request = repaired
-                    continue
-                action = Action.RELAY_ERROR if error is not None else Action.FAIL
-            if action is Action.ALIGN:
-                assert cont.session_last is not None
-                metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
-                request = request.with_previous_response_id(cont.session_last)
-                cont = _Continuation(
-                    cont.session_last, cont.account_id, None, None, cont.session_last
-                )
-                continue
-            if action is Action.REPLAY:
-                attempts.replayed.add(failure)
-                expanded = self.transcript.expand(request)
-                if expanded is None:
-                    expanded = request.with_previous_response_id(None)
-                metrics.recoveries.labels(failure.value + "_replay", "attempted").inc()
-                request = expanded
-                fresh_socket = True
-                continue
-            if action is Action.FALLBACK_HTTP:
-                ctx.start_cooldown(account.id)
-                self.facts.fallback = failure.value
-                metrics.fallbacks.labels(failure.value).inc()
-                return await self._serve_http(request, cont, account, sink)
-            if action is Action.RELAY_ERROR and error is not None:
-                await sink.send(error.frame)
-                metrics.client_errors.labels(error.code or "upstream_error").inc()
-                return "upstream_error"
-            if failure in (Failure.PREVIOUS_NOT_FOUND, Failure.TOOL_OUTPUT_MISSING):
-                metrics.recoveries.labels(failure.value, "client_replay").inc()
-                await self._previous_not_found(sink, request)
-                return "previous_response_not_found"
-            if failure in {Failure.POOL_EXHAUSTED}:
-                await self._client_error(
-                    sink,
-                    503,
-                    "pool_exhausted",
-                    detail or "all upstream sockets for this account are busy; retry shortly",
-                    "server_error",
-                )
-                return "pool_exhausted"
-            metrics.retry_exhausted.inc()
-            await self._client_error(
-                sink,
-                503,
-                "upstream_unavailable",
-                f"upstream unavailable after {attempts.attempts} attempt(s): {failure.value}",
-                "server_error",
-            )
-            return "retry_exhausted"
+            action = self._decide(plan, failed, attempts, time.monotonic() - first_failure_at)
+            step = await _HANDLERS[action](self, plan, failed, attempts, sink)
+            if isinstance(step, Outcome):
+                return step
+            plan = step
 
-    async def _attempt_ws(
-        self,
-        request: RequestSnapshot,
-        cont: _Continuation,
-        account: Account,
-        sink: ClientSink,
-        fresh_socket: bool,
-    ) -> str:
-        ctx = self.ctx
-        ws_cfg = ctx.cfg.openai_ws
-        metrics = ctx.metrics
-        preferred = None if fresh_socket else cont.conn_id
-        token = turn_headers.set(self.fwd_headers)
-        try:
-            with ctx.tracing.child(
-                "pool.acquire", **{"gateway.account": account.id}
-            ) as acquire_span:
-                lease = await ctx.pools.pool(account.id).acquire(preferred_conn_id=preferred)
-                if acquire_span.is_recording():
-                    acquire_span.set_attribute("gateway.conn_reused", lease.reused)
-                    acquire_span.set_attribute("gateway.preferred_hit", lease.preferred_hit)
-        except Exception as exc:
-            raise _AttemptFailed(classify_exception(exc), detail=str(exc)) from None
-        finally:
-            turn_headers.reset(token)
-        self.facts.conn_reused = lease.reused
-        metrics.pool_acquires.labels(account.id, "reused" if lease.reused else "dialed").inc()
-        conn: UpstreamWS = lease.conn  # type: ignore[assignment]
-        await conn.stop_watch()
-        broken = True
-        try:
-            sent, decision = self._prepare(request, cont, lease)
-            if sent is None:
-                broken = False
-                await self._previous_not_found(sink, request)
-                return "previous_response_not_found"
-            metrics.normalizer.labels(decision.state.value, decision.reason.value).inc()
-            self.facts.normalizer_state = decision.state.value
-            self.facts.normalizer_reason = decision.reason.value
-            payload = encode_request(sent)
-            sampler = ctx.payload_sampler
-            if sampler.sample():  # R-25: only a sampled payload is ever rendered for a log
-                log.info(
-                    "upstream request payload",
-                    extra={
-                        "event": "payload_sample",
-                        "account_id": account.id,
-                        "bytes": len(payload),
-                        "payload": sampler.render(payload),
-                    },
-                )
-            tracker = TurnTracker()
-            self.facts.tracker = tracker
-            try:
-                with ctx.tracing.child("upstream.write", **{"gateway.bytes": len(payload)}):
-                    await conn.send_text(payload, timeout=ws_cfg.write_timeout_s)
-                await self._relay(conn, tracker, sink)
-            except (UpstreamError, TimeoutError, OSError) as exc:
-                ctx.conn_forget(conn)
-                if tracker.events > 0 and not (tracker.events == 1 and tracker.error):
-                    # Events already reached the client: no retry (R-21); the socket stays usable.
-                    await self._client_error(
-                        sink,
-                        502,
-                        "upstream_stream_interrupted",
-                        f"upstream connection lost mid-response: {exc}",
-                        "server_error",
-                    )
-                    return "interrupted"
-                raise _AttemptFailed(classify_exception(exc), detail=str(exc)) from None
-            if tracker.error is not None:
-                ctx.conn_forget(conn)
-                if tracker.events == 1:
-                    raise _AttemptFailed(
-                        classify_error_event(tracker.error),
-                        error=tracker.error,
-                        detail=tracker.error.message,
-                    )
-                return "error"  # relayed mid-stream; the error event was the terminal
-            broken = False
-        finally:
-            broken = broken or conn.closed
-            if not broken:
-                conn.watch_idle()  # notice an upstream close while the socket sits in the pool
-            # The socket goes back at the terminal event: the binding write never holds it.
-            lease.release(broken=broken, bound=(not broken and request.store is not True))
-        self._finish(sent, tracker, account, conn, sink)
-        return tracker.outcome.value if tracker.outcome else "unknown"
+    def _note_health(self, account: Account, failed: AttemptFailed) -> None:
+        scheduler = self.ctx.scheduler
+        if failed.failure in RATE_LIMITS:
+            scheduler.rate_limited(account.id, failed.retry_after_s)
+        elif failed.failure in TRANSPORT_FAILURES:
+            scheduler.transport_failed(account.id)
 
-    def _prepare(
-        self, request: RequestSnapshot, cont: _Continuation, lease: Lease
-    ) -> tuple[RequestSnapshot | None, Decision]:
-        """Normalize for this socket; expand to the full transcript when the socket lacks the state."""
-        prev = request.previous_response_id
-        holder = self.ctx.conn_holds(lease.conn)
-        store_true = request.store is True
-        anchor = cont.anchor if cont.anchor is not None else prev
-        available = store_true or (holder is not None and holder == anchor)
-        pending = (
-            None
-            if cont.pending is None
-            else tuple(PendingCall(cid, kind) for cid, kind in cont.pending.items())
+    def _decide(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, elapsed_s: float
+    ) -> Action:
+        request, cont = plan.request, plan.cont
+        failure = failed.failure
+        action = next_action(
+            failure,
+            attempts,
+            self.policy,
+            elapsed_s=elapsed_s,
+            next_backoff_s=self.policy.backoff(attempts.retries + 1, self.rng),
+            can_align=bool(
+                cont.session_last
+                and request.previous_response_id
+                and cont.session_last != request.previous_response_id
+            ),
+            has_transcript=self.transcript.covers(request.previous_response_id)
+            or (request.previous_response_id is None and failure is Failure.TOOL_OUTPUT_MISSING),
+            recovery_enabled=self.ctx.cfg.openai_ws.recovery_enabled,
+            can_failover=self._other_account(plan, attempts) is not None,
         )
-        state = ContinuationState(
-            last_response_id=anchor, pending_calls=pending, previous_available=available
+        attempts.tried.add(action)
+        if action is not Action.RETRY:
+            self.facts.recovery = action.value
+        log.info(
+            "turn attempt failed",
+            extra={
+                "event": "turn_attempt_failed",
+                "failure": failure.value,
+                "action": action.value,
+                "account_id": plan.account.id,
+                "attempt": attempts.attempts,
+                "detail": failed.detail[:160],
+            },
         )
-        result = normalize(request, state)
-        decision = result.decision
-        if decision.state.value == "needs_full_replay" or (
-            not available and result.request.previous_response_id is not None
-        ):
-            expanded = self.transcript.expand(result.request)
-            if expanded is None:
-                return None, decision
-            self.ctx.metrics.recoveries.labels("socket_state_lost_replay", "attempted").inc()
-            result = normalize(expanded, ContinuationState(pending_calls=()))
-        return result.request, result.decision
+        return action
 
-    async def _relay(self, conn: UpstreamWS, tracker: TurnTracker, sink: ClientSink) -> None:
-        ws_cfg = self.ctx.cfg.openai_ws
-        added = self.ctx.metrics.added_latency.labels(MODE)
-        send = sink.send
-        observe = tracker.observe
+    def _other_account(self, plan: Plan, attempts: TurnAttempts) -> Account | None:
+        tried = {*attempts.accounts, plan.account.id}
+        return self.ctx.scheduler.pick(self.group, exclude=tried, usable=self.ctx.ws_capable)
 
-        async def recv() -> str | bytes:
-            return await recv_live(
-                conn,
-                silence_s=ws_cfg.liveness_interval_s,
-                pong_timeout_s=ws_cfg.ping_timeout_s,
-                read_timeout_s=ws_cfg.read_timeout_s,
+    # -- recovery handlers: each returns the next plan, or ends the turn ----------------
+    async def _retry(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        attempts.retries += 1
+        self.facts.retries = attempts.retries
+        self.ctx.metrics.retry_attempts.labels(failed.failure.value).inc()
+        await asyncio.sleep(self.policy.backoff(attempts.retries, self.rng))
+        if self.ctx.scheduler.available(plan.account.id):
+            return plan
+        # Enough transport failures in a row opened the account: go elsewhere if we can.
+        moved = self._move(plan, attempts, "account_open")
+        return plan if moved is None else moved
+
+    async def _align(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        cont = plan.cont
+        assert cont.session_last is not None
+        self.ctx.metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
+        request = plan.request.with_previous_response_id(cont.session_last)
+        return dataclasses.replace(plan, request=request, cont=cont.aligned())
+
+    async def _replay(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        attempts.replayed.add(failed.failure)
+        self.ctx.metrics.recoveries.labels(failed.failure.value + "_replay", "attempted").inc()
+        return dataclasses.replace(plan, replay=True, fresh_socket=True)
+
+    async def _repair(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        action = Action.DROP_ORPHAN_OUTPUT
+        if failed.failure is Failure.TOOL_OUTPUT_MISSING:
+            action = Action.ABORT_MISSING_OUTPUT
+        repaired = repair_pairing(plan.request, failed.error) if failed.error else None
+        if repaired is None:
+            return await self._relay_error(plan, failed, attempts, sink)
+        attempts.repairs += 1
+        self.ctx.metrics.recoveries.labels(action.value, "attempted").inc()
+        return dataclasses.replace(plan, request=repaired)
+
+    async def _failover(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        moved = self._move(plan, attempts, failed.failure.value)
+        if moved is None:
+            return await self._fail(plan, failed, attempts, sink)
+        return moved
+
+    def _move(self, plan: Plan, attempts: TurnAttempts, reason: str) -> Plan | None:
+        """The plan on another available account of the group, or None. The new account
+        cannot see this conversation's previous response: it gets the whole of it."""
+        other = self._other_account(plan, attempts)
+        if other is None:
+            return None
+        attempts.accounts.add(plan.account.id)
+        self.facts.failovers += 1
+        self.ctx.metrics.failovers.labels(reason).inc()
+        continues = plan.cont.anchor is not None or plan.request.previous_response_id is not None
+        return dataclasses.replace(
+            plan,
+            account=other,
+            cont=plan.cont.elsewhere(other.id),
+            fresh_socket=True,
+            replay=continues,
+        )
+
+    async def _fallback_http(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        self.ctx.start_cooldown(plan.account.id)
+        self.facts.fallback = failed.failure.value
+        self.ctx.metrics.fallbacks.labels(failed.failure.value).inc()
+        return await self._serve_http(plan, sink)
+
+    async def _relay_error(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        error = failed.error
+        if error is None:
+            return await self._fail(plan, failed, attempts, sink)
+        await sink.send(error.frame)
+        self.ctx.metrics.client_errors.labels(error.code or "upstream_error").inc()
+        return Outcome.UPSTREAM_ERROR
+
+    async def _fail(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
+    ) -> Plan | Outcome:
+        failure = failed.failure
+        if failure in (Failure.PREVIOUS_NOT_FOUND, Failure.TOOL_OUTPUT_MISSING):
+            self.ctx.metrics.recoveries.labels(failure.value, "client_replay").inc()
+            return await self._previous_not_found(sink, plan.request)
+        if failure is Failure.POOL_EXHAUSTED:
+            message = "all upstream sockets for this account are busy; retry shortly"
+            return await self.replies.client_error(
+                sink, Outcome.POOL_EXHAUSTED, 503, message, "server_error", code="pool_exhausted"
             )
+        if failure in RATE_LIMITS:
+            return await self.replies.rate_limited(sink)
+        self.ctx.metrics.retry_exhausted.inc()
+        message = f"upstream unavailable after {attempts.attempts} attempt(s): {failure.value}"
+        return await self.replies.client_error(
+            sink, Outcome.RETRY_EXHAUSTED, 503, message, "server_error", code="upstream_unavailable"
+        )
 
-        with self.ctx.tracing.child("upstream.first_byte"):
-            first = await recv()
-        conn.push_back(first)
-        while True:
-            message = await recv()
-            received = time.perf_counter()
-            etype = observe(message)
-            if etype == "error" and tracker.events == 1:
-                return  # decided by the caller: recover, retry or relay
-            if await send(message):
-                added.observe(time.perf_counter() - received)
-            if tracker.done:
-                return
+    # -- endings ------------------------------------------------------------------------
+    async def _delivered(self, done: Delivered | Outcome, plan: Plan, sink: ClientSink) -> Outcome:
+        if isinstance(done, Outcome):
+            if done is Outcome.PREVIOUS_NOT_FOUND:
+                return await self._previous_not_found(sink, plan.request)
+            return done
+        self._finish(done.sent, done.tracker, plan.account, done.conn, sink)
+        return Outcome.of(done.tracker.outcome)
 
     def _finish(
         self,
         sent: RequestSnapshot,
         tracker: TurnTracker,
         account: Account,
-        conn: UpstreamWS | None,
+        conn: object | None,
         sink: ClientSink,
     ) -> None:
         """Record what the turn left behind. Synchronous: the client may already have sent
         its next request, which must find this socket's state updated."""
         ctx = self.ctx
         metrics = ctx.metrics
-        metrics.events.labels(MODE).inc(tracker.events)
+        mode = MODE
+        metrics.events.labels(mode).inc(tracker.events)
         if tracker.ttft_s is not None:
-            metrics.ttft.labels(MODE).observe(tracker.ttft_s)
+            metrics.ttft.labels(mode).observe(tracker.ttft_s)
         if sink.gone:
             metrics.drained.inc()
         response_id = tracker.response_id
@@ -519,99 +370,72 @@ class CtxPoolForwarder:
         if conn is not None:
             ctx.conn_remember(conn, response_id)
         self.transcript.record(sent, tracker.output, response_id)
-        self._remember(response_id, tracker, account, conn)
-
-    def _remember(
-        self, response_id: str, tracker: TurnTracker, account: Account, conn: UpstreamWS | None
-    ) -> None:
-        """The socket's continuation state now; the shared binding queued behind it."""
-        conn_id = conn.conn_id if conn is not None else None
-        self.last_response_id = response_id
-        self.last_account_id = account.id
-        self.last_conn_id = conn_id
-        self.last_pending = dict(tracker.pending)
+        conn_id = getattr(conn, "conn_id", None)
+        pending = dict(tracker.pending)
+        self.state = SocketState(response_id, account.id, conn_id, pending, sent.store is True)
         self.binder.submit(
             TurnBinding(
                 group=self.group,
                 account_id=account.id,
                 response_id=response_id,
                 session_key=self.session_key,
-                pending_calls=dict(tracker.pending),
+                pending_calls=pending,
                 turn_state=self.turn_state,
                 conn_id=conn_id,
             )
         )
 
-    # -- HTTP fallback (R-22) and local answers ------------------------------------------
-    async def _serve_http(
-        self, request: RequestSnapshot, cont: _Continuation, account: Account, sink: ClientSink
-    ) -> str:
+    async def _serve_http(self, plan: Plan, sink: ClientSink) -> Outcome:
+        request, account = plan.request, plan.account
         full = self.transcript.expand(request)
         if full is None:
-            if request.store is True:
-                full = request  # the upstream can resolve a stored response over HTTP
-            else:
-                await self._previous_not_found(sink, request)
-                return "previous_response_not_found"
+            if request.store is not True:
+                return await self._previous_not_found(sink, request)
+            full = request  # the upstream can resolve a stored response over HTTP
         if request.generate is False:
             tracker = await synthesize_warmup(request, sink)
         else:
-            normalized = normalize(
-                full,
-                ContinuationState(pending_calls=() if full.previous_response_id is None else None),
-            ).request
+            pending = () if full.previous_response_id is None else None
+            full = normalize(full, ContinuationState(pending_calls=pending)).request
             try:
                 with self.ctx.tracing.child("upstream.http", **{"gateway.account": account.id}):
-                    tracker = await run_http_turn(
-                        self.ctx, account, normalized, sink, self.fwd_headers
-                    )
+                    tracker = await run_http_turn(self.ctx, account, full, sink, self.fwd_headers)
                 self.facts.tracker = tracker
             except HttpTurnFailed as exc:
-                await self._client_error(sink, exc.status, exc.code, exc.message, exc.error_type)
-                return "http_error"
-            full = normalized
+                await self.replies.client_error(
+                    sink, Outcome.HTTP_ERROR, exc.status, exc.message, exc.error_type, exc.code
+                )
+                return Outcome.HTTP_ERROR
         if tracker.error is None:
             # HTTP has no upstream socket: the transcript alone carries the conversation.
-            self.transcript.record(full, tracker.output, tracker.response_id or "")
-            self._finish_http(tracker, account)
-        return "http_" + (tracker.outcome.value if tracker.outcome else "unknown")
+            self._finish(full, tracker, account, None, sink)
+        return Outcome.of(tracker.outcome, http=True)
 
-    def _finish_http(self, tracker: TurnTracker, account: Account) -> None:
-        if tracker.response_id:
-            self._remember(tracker.response_id, tracker, account, None)
-
-    async def _previous_not_found(self, sink: ClientSink, request: RequestSnapshot) -> None:
+    async def _previous_not_found(self, sink: ClientSink, request: RequestSnapshot) -> Outcome:
         """Ask the client for a full replay: Codex resends everything on a new socket."""
         self.transcript.invalidate()
-        prev = request.previous_response_id or self.last_response_id or "unknown"
-        await self._client_error(
-            sink,
-            400,
-            "previous_response_not_found",
-            f"Previous response with id '{prev}' not found.",
-            param="previous_response_id",
-        )
-
-    async def _client_error(
-        self,
-        sink: ClientSink,
-        status: int,
-        code: str,
-        message: str,
-        error_type: str = "invalid_request_error",
-        param: str | None = None,
-    ) -> None:
-        self.ctx.metrics.client_errors.labels(code).inc()
-        await sink.send(error_event(status, code, message, error_type=error_type, param=param))
+        prev = request.previous_response_id or self.state.response_id or "unknown"
+        return await self.replies.previous_not_found(sink, prev)
 
     async def on_other_frame(self, frame: str, etype: str, sink: ClientSink) -> None:
-        await self._client_error(
-            sink,
-            400,
-            "unsupported_message_type",
-            f"unsupported message type {etype!r}; send response.create",
+        message = f"unsupported message type {etype!r}; send response.create"
+        await self.replies.client_error(
+            sink, Outcome.INVALID_REQUEST, 400, message, code="unsupported_message_type"
         )
 
     async def aclose(self) -> None:
         self.transcript.close()
         await self.binder.flush()
+
+
+_HANDLERS: dict[Action, _Handler] = {
+    Action.RETRY: CtxPoolForwarder._retry,
+    Action.ALIGN: CtxPoolForwarder._align,
+    Action.REPLAY: CtxPoolForwarder._replay,
+    Action.DROP_ORPHAN_OUTPUT: CtxPoolForwarder._repair,
+    Action.ABORT_MISSING_OUTPUT: CtxPoolForwarder._repair,
+    Action.FAILOVER: CtxPoolForwarder._failover,
+    Action.FALLBACK_HTTP: CtxPoolForwarder._fallback_http,
+    Action.RELAY_ERROR: CtxPoolForwarder._relay_error,
+    Action.FAIL: CtxPoolForwarder._fail,
+}

@@ -381,3 +381,101 @@ async def test_no_account_for_the_group(rig_factory: Callable[..., Rig]) -> None
     sink = ClientSink(cast(WebSocket, client))
     await fwd.run_turn(create(), sink)
     assert client.frames[0]["error"]["code"] == "no_account"
+
+
+def _dialed_accounts(rig: Rig) -> list[str]:
+    return list(rig.dialer.dials)
+
+
+async def test_a_rate_limited_account_hands_the_turn_to_another_with_the_whole_conversation(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(accounts=2))
+    fwd, sink = rig.forwarder()
+    await fwd.run_turn(create([user("remember 7")]), sink)
+    first = Rig.client(sink).turn()
+    owner = fwd.state.account_id
+    rig.upstream.fail_next(error_frame(429, "Rate limit reached. Try again in 20s.", None))
+    await fwd.run_turn(create([user("which?")], previous_response_id=rid(first)), sink)
+    second = Rig.client(sink).turn()
+    assert types(second)[-1] == "response.completed"
+    assert "error" not in types(second)
+    moved_to = fwd.state.account_id
+    assert moved_to != owner
+    sent = rig.upstream.requests[-1]
+    assert "previous_response_id" not in sent
+    assert "remember 7" in json.dumps(sent["input"]) and "which?" in json.dumps(sent["input"])
+    assert rig.ctx.scheduler.state(str(owner)).value == "cooling"
+    assert rig.metric("gateway_account_failovers_total", reason="rate_limited") == 1
+    # Later turns stay on the new account.
+    await fwd.run_turn(create([user("and now?")], previous_response_id=rid(second)), sink)
+    assert types(Rig.client(sink).turn())[-1] == "response.completed"
+    assert fwd.state.account_id == moved_to
+
+
+async def test_a_handshake_429_cools_the_account_for_its_retry_after(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(accounts=2))
+    rig.upstream.refuse_dials(429, times=1, **{"Retry-After": "2"})
+    fwd, sink = rig.forwarder()
+    await fwd.run_turn(create(), sink)
+    assert types(Rig.client(sink).turn())[-1] == "response.completed"
+    limited, served = rig.dialer.dials[0], rig.dialer.dials[-1]
+    assert limited != served
+    until = rig.ctx.scheduler.until(limited)
+    assert until is not None and 1.5 < until - rig.ctx.scheduler.clock() <= 2.0
+    # A new conversation meanwhile does not dial the cooling account.
+    other, other_sink = rig.forwarder()
+    await other.run_turn(create(), other_sink)
+    assert limited not in rig.dialer.dials[2:]
+
+
+async def test_every_account_limited_is_one_clear_429_naming_the_wait(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(accounts=2))
+    rig.upstream.refuse_dials(429, times=2, **{"Retry-After": "30"})
+    fwd, sink = rig.forwarder()
+    await fwd.run_turn(create(), sink)
+    frames = Rig.client(sink).turn()
+    assert types(frames) == ["error"]
+    assert frames[0]["status"] == 429 and frames[0]["error"]["code"] == "rate_limit_exceeded"
+    assert frames[0]["headers"]["retry-after"] == "30"
+    assert "30 s" in frames[0]["error"]["message"]
+    assert len(rig.dialer.dials) == 2  # one dial per account, no retry storm
+    # While both cool down, a new turn is refused at once without dialing.
+    await fwd.run_turn(create(), sink)
+    assert types(Rig.client(sink).turn()) == ["error"]
+    assert len(rig.dialer.dials) == 2
+
+
+async def test_a_conversation_without_transcript_cannot_move_and_asks_for_a_replay(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(accounts=2))
+    fwd, sink = rig.forwarder()
+    await fwd.run_turn(create([user("a")], store=True), sink)
+    first = Rig.client(sink).turn()
+    fresh, fresh_sink = rig.forwarder()  # a new client socket: no transcript here
+    rig.upstream.fail_next(error_frame(429, "quota", "insufficient_quota"))
+    await fresh.run_turn(
+        create([user("b")], previous_response_id=rid(first), store=True), fresh_sink
+    )
+    frames = Rig.client(fresh_sink).turn()
+    assert types(frames) == ["error"]
+    assert frames[0]["error"]["code"] == "previous_response_not_found"
+
+
+async def test_repeated_transport_failures_take_an_account_out_of_rotation(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(accounts=2, account_failure_threshold=2, retry_max_attempts=4))
+    rig.upstream.refuse_dials(503, times=2)
+    fwd, sink = rig.forwarder()
+    await fwd.run_turn(create(), sink)
+    assert types(Rig.client(sink).turn())[-1] == "response.completed"
+    first = rig.dialer.dials[0]
+    assert rig.ctx.scheduler.state(first).value == "open"
+    assert rig.dialer.dials[-1] != first
+    assert rig.metric("gateway_account_failovers_total", reason="account_open") == 1

@@ -101,7 +101,6 @@ def test_pool_dial_failure_is_classified_by_its_cause(
 RETRIED = [
     Failure.DIAL,
     Failure.HANDSHAKE_5XX,
-    Failure.HANDSHAKE_RATE_LIMIT,
     Failure.CLOSED_TRANSIENT,
     Failure.TIMEOUT,
     Failure.CONNECTION_LIMIT,
@@ -164,6 +163,7 @@ def decide(
     recovery_enabled: bool = True,
     policy: RetryPolicy = POLICY,
     repairs: int = 0,
+    can_failover: bool = False,
 ) -> Action:
     state = TurnAttempts(
         attempts=attempts, tried=tried or set(), replayed=replayed or set(), repairs=repairs
@@ -177,6 +177,7 @@ def decide(
         can_align=can_align,
         has_transcript=has_transcript,
         recovery_enabled=recovery_enabled,
+        can_failover=can_failover,
     )
 
 
@@ -223,6 +224,12 @@ ORPHAN = Failure.ORPHAN_OUTPUT
         # the upstream rejected the request itself: its own error goes to the client
         (Failure.ERROR_FINAL, {}, Action.RELAY_ERROR),
         (Failure.ERROR_FINAL, {"attempts": 3, "has_transcript": True}, Action.RELAY_ERROR),
+        # a limited account is never retried: the turn moves to another account, or the
+        # client is told when to come back
+        (Failure.HANDSHAKE_RATE_LIMIT, {"can_failover": True}, Action.FAILOVER),
+        (Failure.RATE_LIMITED, {"can_failover": True, "attempts": 3}, Action.FAILOVER),
+        (Failure.HANDSHAKE_RATE_LIMIT, {}, Action.FAIL),
+        (Failure.RATE_LIMITED, {"has_transcript": True}, Action.FAIL),
         # neither retried nor relayed
         (Failure.TOO_BIG, {}, Action.FAIL),
         (Failure.POOL_EXHAUSTED, {}, Action.FAIL),
@@ -469,3 +476,19 @@ def test_missing_output_already_answered_is_not_repaired_again() -> None:
     answered = {"type": "function_call_output", "call_id": "call_7", "output": "ok"}
     assert repair_pairing(_request([answered, USER]), error) is None
     assert repair_pairing(_request([USER]), _upstream_error("server exploded")) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "message"),
+    [
+        (429, None, "Too many requests"),
+        (400, "insufficient_quota", "You exceeded your current quota."),
+        (403, "usage_limit_reached", "The usage limit has been reached"),
+        (None, None, "Rate limit reached for gpt-5 in organization org-x. Try again in 2s."),
+    ],
+)
+def test_rate_limit_and_quota_errors_are_one_kind(
+    status: int | None, code: str | None, message: str
+) -> None:
+    error = UpstreamErrorInfo(status=status, code=code, message=message, frame="{}")
+    assert classify_error_event(error) is Failure.RATE_LIMITED

@@ -1,0 +1,223 @@
+"""One WebSocket attempt of a turn: lease a pooled upstream socket, normalize the request
+for that socket (once), write it, relay the events, give the socket back at the terminal.
+
+An attempt either delivers the turn, ends it with something the client already saw, or
+fails before anything reached the client (``AttemptFailed``); the recovery loop in
+``ctx_pool`` turns a failure into the next ``Plan``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.accounts import retry_after_s
+from gateway.config import Account
+from gateway.context import GatewayContext
+from gateway.forward.continuation import Continuation
+from gateway.forward.facts import Outcome, TurnFacts
+from gateway.forward.liveness import recv_live
+from gateway.recovery import Failure, classify_error_event, classify_exception
+from gateway.session import ClientSink
+from gateway.transcript import Transcript
+from gateway.turn import TurnTracker, UpstreamErrorInfo
+from gateway.upstream.dialer import turn_headers
+from gateway.upstream.ws import HandshakeRejected, UpstreamError, UpstreamWS
+from normalizer import ContinuationState, NormalizeResult, PendingCall, RequestSnapshot, normalize
+from pool import DialFailed, Lease
+
+log = logging.getLogger("gateway.ctx_pool")
+MODE = "ctx_pool"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the next attempt sends, and where. Recovery makes a new plan; it never
+    re-enters the middle of an attempt."""
+
+    request: RequestSnapshot  # as the client sent it, plus any recovery edits
+    cont: Continuation
+    account: Account
+    fresh_socket: bool = False  # do not ask the pool for the socket holding the anchor
+    replay: bool = False  # the upstream lost the anchor: send the whole conversation
+
+
+@dataclass(slots=True)
+class AttemptFailed(Exception):
+    failure: Failure
+    error: UpstreamErrorInfo | None = None
+    detail: str = ""
+    retry_after_s: float | None = None
+    after_events: bool = False  # events already reached the client: no retry possible
+
+
+@dataclass(slots=True)
+class Delivered:
+    """A turn whose terminal event reached the client."""
+
+    sent: RequestSnapshot  # normalized, exactly as sent upstream
+    tracker: TurnTracker
+    conn: UpstreamWS | None = None
+
+
+def prepare(plan: Plan, holder: str | None, transcript: Transcript) -> NormalizeResult | None:
+    """Normalize once for the socket the attempt got. When that socket cannot resolve the
+    anchor (and it is not a stored response), the transcript stands in for it and the
+    request goes out whole; None when nothing can stand in (the client must replay)."""
+    request, cont = plan.request, plan.cont
+    anchor = cont.anchor if cont.anchor is not None else request.previous_response_id
+    available = not plan.replay and (
+        request.store is True or cont.stored or (holder is not None and holder == anchor)
+    )
+    pending = (
+        None
+        if cont.pending is None
+        else tuple(PendingCall(call_id, kind) for call_id, kind in cont.pending.items())
+    )
+    state = ContinuationState(
+        last_response_id=anchor,
+        pending_calls=pending,
+        previous_available=available,
+        transcript=transcript.items if transcript.covers(anchor) else None,
+    )
+    result = normalize(request, state)
+    if result.request.previous_response_id is not None and not available:
+        return None
+    return result
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    cause = exc.__cause__ if isinstance(exc, DialFailed) else exc
+    if isinstance(cause, HandshakeRejected):
+        return retry_after_s(cause.headers)
+    return None
+
+
+class WsAttempt:
+    """Runs attempts for one client socket's turns."""
+
+    def __init__(
+        self,
+        ctx: GatewayContext,
+        transcript: Transcript,
+        fwd_headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        self.ctx = ctx
+        self.transcript = transcript
+        self.fwd_headers = fwd_headers
+
+    async def run(self, plan: Plan, sink: ClientSink, facts: TurnFacts) -> Delivered | Outcome:
+        ctx = self.ctx
+        conn, lease = await self._acquire(plan, facts)
+        await conn.stop_watch()
+        broken = True
+        try:
+            result = prepare(plan, ctx.conn_holds(conn), self.transcript)
+            if result is None:
+                broken = False
+                return Outcome.PREVIOUS_NOT_FOUND
+            self._note(result, plan, facts)
+            tracker = TurnTracker()
+            facts.tracker = tracker
+            try:
+                with ctx.tracing.child("upstream.write", **{"gateway.bytes": len(result.payload)}):
+                    await conn.send_text(result.payload, timeout=ctx.cfg.openai_ws.write_timeout_s)
+                await self._relay(conn, tracker, sink)
+            except (UpstreamError, TimeoutError, OSError) as exc:
+                ctx.conn_forget(conn)
+                raise AttemptFailed(
+                    classify_exception(exc),
+                    detail=str(exc),
+                    after_events=tracker.events > 0 and not (tracker.events == 1 and tracker.error),
+                ) from None
+            if tracker.error is not None:
+                ctx.conn_forget(conn)
+                if tracker.events == 1:
+                    error = tracker.error
+                    raise AttemptFailed(
+                        classify_error_event(error),
+                        error=error,
+                        detail=error.message,
+                        retry_after_s=retry_after_s(error.headers, error.message),
+                    )
+                return Outcome.ERROR  # relayed mid-stream; the error event was the terminal
+            broken = False
+        finally:
+            broken = broken or conn.closed
+            if not broken:
+                conn.watch_idle()  # notice an upstream close while the socket sits in the pool
+            # The socket goes back at the terminal event: the binding never holds it.
+            lease.release(broken=broken, bound=(not broken and plan.request.store is not True))
+        return Delivered(result.request, tracker, conn)
+
+    async def _acquire(self, plan: Plan, facts: TurnFacts) -> tuple[UpstreamWS, Lease]:
+        ctx = self.ctx
+        account = plan.account
+        preferred = None if plan.fresh_socket else plan.cont.conn_id
+        token = turn_headers.set(self.fwd_headers)
+        try:
+            with ctx.tracing.child("pool.acquire", **{"gateway.account": account.id}) as span:
+                lease = await ctx.pools.pool(account.id).acquire(preferred_conn_id=preferred)
+                if span.is_recording():
+                    span.set_attribute("gateway.conn_reused", lease.reused)
+                    span.set_attribute("gateway.preferred_hit", lease.preferred_hit)
+        except Exception as exc:
+            raise AttemptFailed(
+                classify_exception(exc), detail=str(exc), retry_after_s=_retry_after(exc)
+            ) from None
+        finally:
+            turn_headers.reset(token)
+        facts.conn_reused = lease.reused
+        kind = "reused" if lease.reused else "dialed"
+        ctx.metrics.pool_acquires.labels(account.id, kind).inc()
+        conn: UpstreamWS = lease.conn  # type: ignore[assignment]
+        return conn, lease
+
+    def _note(self, result: NormalizeResult, plan: Plan, facts: TurnFacts) -> None:
+        ctx = self.ctx
+        decision = result.decision
+        ctx.metrics.normalizer.labels(decision.state.value, decision.reason.value).inc()
+        facts.normalizer_state = decision.state.value
+        facts.normalizer_reason = decision.reason.value
+        if decision.previous_response_id_action == "dropped" and not plan.replay:
+            ctx.metrics.recoveries.labels("socket_state_lost_replay", "attempted").inc()
+        sampler = ctx.payload_sampler
+        if sampler.sample():  # only a sampled payload is ever rendered for a log
+            log.info(
+                "upstream request payload",
+                extra={
+                    "event": "payload_sample",
+                    "account_id": plan.account.id,
+                    "bytes": len(result.payload),
+                    "payload": sampler.render(result.payload),
+                },
+            )
+
+    async def _relay(self, conn: UpstreamWS, tracker: TurnTracker, sink: ClientSink) -> None:
+        ws_cfg = self.ctx.cfg.openai_ws
+        added = self.ctx.metrics.added_latency.labels(MODE)
+        send = sink.send
+        observe = tracker.observe
+
+        async def recv() -> str | bytes:
+            return await recv_live(
+                conn,
+                silence_s=ws_cfg.liveness_interval_s,
+                pong_timeout_s=ws_cfg.ping_timeout_s,
+                read_timeout_s=ws_cfg.read_timeout_s,
+            )
+
+        with self.ctx.tracing.child("upstream.first_byte"):
+            first = await recv()
+        conn.push_back(first)
+        while True:
+            message = await recv()
+            received = time.perf_counter()
+            etype = observe(message)
+            if etype == "error" and tracker.events == 1:
+                return  # decided by the caller: recover, retry or relay
+            if await send(message):
+                added.observe(time.perf_counter() - received)
+            if tracker.done:
+                return
