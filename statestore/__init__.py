@@ -1,7 +1,8 @@
 """Continuation state shared across instances: a StateStore picked by URL scheme.
 
-``open_store("memory://")`` keeps everything in process; ``open_store("redis://...")``
-(also ``rediss://``, ``unix://``) puts a hot local cache in front of Redis.
+``open_store("memory://")`` keeps everything in process; ``redis://`` (also ``rediss://``,
+``unix://``), ``redis+cluster://`` and ``redis+sentinel://`` put a hot local cache in
+front of Redis. ``STORE_URL_SCHEMES`` is the one list of accepted schemes.
 """
 
 from statestore.base import (
@@ -11,15 +12,19 @@ from statestore.base import (
     StateStore,
     StoreHooks,
     TurnBinding,
-    open_store,
 )
+from statestore.open import open_store
+from statestore.schemes import STORE_URL_SCHEMES, STORE_URL_SCHEMES_TEXT, is_supported_store_url
 
 __all__ = [
+    "STORE_URL_SCHEMES",
+    "STORE_URL_SCHEMES_TEXT",
     "BindOutcome",
     "Continuation",
     "NoHooks",
     "StateStore",
     "StoreHooks",
     "TurnBinding",
+    "is_supported_store_url",
     "open_store",
 ]
