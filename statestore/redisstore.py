@@ -238,9 +238,9 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             if response_keys is not None:
                 pipe.pttl(response_keys[0])
-                pipe.mget(response_keys)  # one slot: the keys share a hash tag
+                pipe.execute_command("MGET", *response_keys)  # one slot: one hash tag
             if session_keys is not None:
-                pipe.mget(session_keys)
+                pipe.execute_command("MGET", *session_keys)
             # Unpacked here so a malformed reply is an op error (degraded), never a raise.
             replies = iter(await pipe.execute())
             fetched = _Fetched()
