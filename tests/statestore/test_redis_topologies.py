@@ -17,7 +17,6 @@ from tests.statestore.support import PENDING, ClusterTraffic, RecordingHooks, as
 from tests.support import unique_prefix
 from tests.support.redis_topologies import (
     RedisClusterSetup,
-    SentinelSetup,
     run_redis_cluster,
     run_sentinel,
 )
@@ -140,9 +139,7 @@ async def ride_out_failover(store: StateStore, other: StateStore, session: str) 
 async def test_cluster_primary_killed_mid_run(monkeypatch: pytest.MonkeyPatch) -> None:
     with run_redis_cluster() as setup:
         prefix, hooks = unique_prefix("clufail"), RecordingHooks()
-        store = open_store(
-            setup.url, key_prefix=prefix, op_timeout_ms=OP_TIMEOUT_MS, hooks=hooks
-        )
+        store = open_store(setup.url, key_prefix=prefix, op_timeout_ms=OP_TIMEOUT_MS, hooks=hooks)
         other = open_store(setup.url, key_prefix=prefix)
         session = "sess-failover"
         assert (await store.bind_turn(binding("before", session_key=session))).ok
@@ -162,9 +159,7 @@ async def test_cluster_primary_killed_mid_run(monkeypatch: pytest.MonkeyPatch) -
 async def test_sentinel_primary_killed_mid_run() -> None:
     with run_sentinel() as setup:
         prefix, hooks = unique_prefix("senfail"), RecordingHooks()
-        store = open_store(
-            setup.url, key_prefix=prefix, op_timeout_ms=OP_TIMEOUT_MS, hooks=hooks
-        )
+        store = open_store(setup.url, key_prefix=prefix, op_timeout_ms=OP_TIMEOUT_MS, hooks=hooks)
         other = open_store(setup.url, key_prefix=prefix)
         assert (await store.bind_turn(binding("before"))).ok
         assert await other.get_response_account("g", "before") == "acct-a"
