@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,8 +66,16 @@ class RedisHandle:
     refresher: TopologyRefresher | None = None
 
     def after_failure(self) -> None:
+        """An operation failed: a cluster relearns its slot map in the background."""
         if self.refresher is not None:
             self.refresher.trigger()
+
+    async def before_retry(self) -> None:
+        """After a connection error, before the one retry: a cluster relearns its slot map
+        first (shared and rate-limited). Single-node and Sentinel clients just redial; a
+        Sentinel client asks the sentinels for the current primary when it dials."""
+        if self.refresher is not None:
+            await self.refresher.refreshed()
 
     async def aclose(self) -> None:
         if self.refresher is not None:
@@ -76,29 +86,42 @@ class RedisHandle:
 
 
 class TopologyRefresher:
-    """Relearns the cluster's slot map in the background after a failed operation.
+    """Relearns a cluster's slot map after a failed operation.
 
     redis-py refreshes it only for errors that escape a pipeline, and our pipelines
     report per-command errors; without this, a killed primary would keep its slots in
     the client's map after a replica took them over. One refresh at a time, at most one
-    per ``min_interval_s``, and never on an operation's own clock.
+    per ``min_interval_s``; it runs as its own task, so an operation whose deadline ends
+    while waiting for it does not cancel it.
     """
 
     def __init__(self, client: RedisCluster, min_interval_s: float) -> None:
         self._client = client
         self._min_interval_s = min_interval_s
         self._task: asyncio.Task[None] | None = None
+        self._last_start = -math.inf
         self.refreshes = 0
 
-    def trigger(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._refresh())
+    def trigger(self) -> asyncio.Task[None] | None:
+        """Start a refresh unless one runs or one started too recently."""
+        if self._task is not None and not self._task.done():
+            return self._task
+        now = time.monotonic()
+        if now - self._last_start < self._min_interval_s:
+            return None
+        self._last_start = now
+        self._task = asyncio.get_running_loop().create_task(self._refresh())
+        return self._task
+
+    async def refreshed(self) -> None:
+        task = self.trigger()
+        if task is not None:
+            await asyncio.shield(task)
 
     async def _refresh(self) -> None:
         with contextlib.suppress(Exception):  # the next failure tries again
             await self._client.nodes_manager.initialize()
             self.refreshes += 1
-        await asyncio.sleep(self._min_interval_s)  # still "running": triggers are dropped
 
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 import msgspec
 from redis.asyncio.connection import BlockingConnectionPool
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from statestore.base import BindOutcome, Continuation, NoHooks, StoreHooks, TurnBinding
 from statestore.clients import connect
@@ -35,6 +37,9 @@ _OK = BindOutcome(ok=True)
 _encode = msgspec.json.Encoder().encode
 _pending_decoder = msgspec.json.Decoder(dict[str, str])
 REPLAY_PER_BIND = 32  # failed binds written back per successful bind pipeline
+# Errors worth one more attempt within the deadline (every op is idempotent): refused or
+# reset connections and cluster slots in flux. A timeout is not: the deadline is spent.
+RETRY_AFTER = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
 
 
 @dataclass(slots=True)
@@ -117,7 +122,14 @@ class RedisStore:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.op_timeout_s):
-                result = await call()
+                try:
+                    result = await call()
+                except RETRY_AFTER as exc:
+                    # A dead pooled connection, or a primary replaced by a failover: redial
+                    # (and relearn a cluster's slots) once, inside the same deadline.
+                    await self.handle.before_retry()
+                    log.debug("statestore %s retried after %s", op, _describe(exc))
+                    result = await call()
         except Exception as exc:  # timeout, refused, reset, protocol error, ...
             self._hooks.on_op(op, time.perf_counter() - started, False)
             self.handle.after_failure()  # a cluster relearns its slot map off this clock

@@ -58,7 +58,7 @@ class Shared:
 
 
 @contextmanager
-def shared_store(sim: SimProcess, kind: str) -> Iterator[Shared]:
+def shared_store(sim: SimProcess, kind: str, accounts: int = 2) -> Iterator[Shared]:
     with ExitStack() as stack:
         setup: RedisClusterSetup | SentinelSetup = stack.enter_context(
             run_redis_cluster() if kind == "cluster" else run_sentinel()
@@ -67,7 +67,7 @@ def shared_store(sim: SimProcess, kind: str) -> Iterator[Shared]:
         configs = [
             gateway_config(
                 sim.base_url,
-                accounts=2,
+                accounts=accounts,
                 instance_id=f"gw-{i}",
                 overrides={"statestore": {"url": setup.url, "key_prefix": prefix}},
             )
@@ -88,6 +88,13 @@ def shared_store(sim: SimProcess, kind: str) -> Iterator[Shared]:
 def shared(request: pytest.FixtureRequest, sim: SimProcess) -> Iterator[Shared]:
     sim.control.reset()
     with shared_store(sim, request.param) as s:
+        yield s
+
+
+@pytest.fixture(params=["cluster", "sentinel"])
+def shared_one_account(request: pytest.FixtureRequest, sim: SimProcess) -> Iterator[Shared]:
+    sim.control.reset()
+    with shared_store(sim, request.param, accounts=1) as s:
         yield s
 
 
@@ -160,10 +167,13 @@ async def test_continuation_with_pending_calls_across_instances(
 
 
 async def test_back_to_back_turns_sent_the_instant_the_terminal_arrives(
-    sim: SimProcess, shared: Shared
+    sim: SimProcess, shared_one_account: Shared
 ) -> None:
-    """A tool loop that alternates instances: each turn goes out the moment the previous
-    terminal arrives, with no wait for the previous binding to settle."""
+    """A tool loop that alternates instances, each turn sent the moment the previous
+    terminal arrives. The gateway writes a binding after it relays the terminal, so the
+    other instance may not see it yet; with one account that costs nothing, and every
+    turn must complete with its tool output."""
+    shared = shared_one_account
     session = unique_prefix("b2b")
     sockets = [await connect(gw, session) for gw in shared.gateways]
     try:
@@ -217,38 +227,42 @@ async def bounded_turn(ws: ClientConnection, payload: str) -> list[dict[str, Any
     return events
 
 
+async def turn_on(gw: GatewayProcess, session: str, payload: str) -> list[dict[str, Any]]:
+    """One turn on a fresh socket: its continuation state comes from the store."""
+    ws = await connect(gw, session)
+    try:
+        return await bounded_turn(ws, payload)
+    finally:
+        await ws.close()
+
+
 async def test_primary_killed_mid_run(sim: SimProcess, shared: Shared) -> None:
     a, b = shared.gateways
     session = unique_prefix("failover")
-    ws = await connect(a, session)
-    try:
-        warm = await bounded_turn(ws, create(f"run it {CALL}", store=True))
-        call_id = function_calls(warm)[0]["call_id"]
-        await wait_bound(shared, response_id(warm), {call_id: "function_call"})
-        dead = kill_session_primary(shared, session)
-        # Turns keep completing while the primary is gone; their binds fail and wait.
-        output = {"type": "function_call_output", "call_id": call_id, "output": "done"}
-        answered = await bounded_turn(
-            ws, create(items=[output], previous_response_id=response_id(warm), store=True)
-        )
-        assert "tool said: done" in json.dumps(answered[-1])
-        stranded = await bounded_turn(
-            ws,
-            create(
-                items=[user_message(f"again {CALL}")],
-                previous_response_id=response_id(answered),
-                store=True,
-            ),
-        )
-        other = await connect(b, unique_prefix("during"))
-        try:  # another instance, cold cache, no Redis: still completes
-            await bounded_turn(
-                other, create(previous_response_id=response_id(answered), store=True)
-            )
-        finally:
-            await other.close()
-    finally:
-        await ws.close()
+    warm = await turn_on(a, session, create(f"run it {CALL}", store=True))
+    call_id = function_calls(warm)[0]["call_id"]
+    await wait_bound(shared, response_id(warm), {call_id: "function_call"})
+    dead = kill_session_primary(shared, session)
+    # Turns keep completing while the primary is gone (instance a answers from its hot
+    # cache); their binds fail and wait for the write-back.
+    output = {"type": "function_call_output", "call_id": call_id, "output": "done"}
+    answered = await turn_on(
+        a, session, create(items=[output], previous_response_id=response_id(warm), store=True)
+    )
+    assert "tool said: done" in json.dumps(answered[-1])
+    stranded = await turn_on(
+        a,
+        session,
+        create(
+            items=[user_message(f"again {CALL}")],
+            previous_response_id=response_id(answered),
+            store=True,
+        ),
+    )
+    # The other instance's new conversations complete too (their binds fail and wait).
+    # Continuing a response it never saw would need the account from Redis: during the
+    # outage that is the upstream's "previous response not found", as without any store.
+    await turn_on(b, unique_prefix("during"), create("a new conversation", store=True))
     stranded_id = response_id(stranded)
     failed_lines = [
         line for line in a.proc.output().splitlines() if "bind" in line and stranded_id in line
@@ -259,11 +273,7 @@ async def test_primary_killed_mid_run(sim: SimProcess, shared: Shared) -> None:
     stranded_call = function_calls(stranded)[0]["call_id"]
     deadline = time.monotonic() + 30
     while True:
-        fresh = await connect(a, unique_prefix("after"))
-        try:
-            await bounded_turn(fresh, create("after the failover"))
-        finally:
-            await fresh.close()
+        await turn_on(a, unique_prefix("after"), create("after the failover"))
         reader = shared.reader()
         try:
             held = await reader.get_pending_calls(GROUP, stranded_id)

@@ -66,15 +66,16 @@ async def count_round_trips(store: StateStore) -> list[int]:
     (a pipeline is one write, hence one round trip), warm one connection, and return
     the emptied log that later operations append to."""
     writes: list[int] = []
+    redis_store = as_redis(store)
+    base: type[Connection] = redis_store.pool.connection_class  # a Sentinel's one too
 
-    class CountingConnection(Connection):
+    class CountingConnection(base):  # type: ignore[valid-type,misc]
         async def send_packed_command(
             self, command: bytes | str | Iterable[bytes], check_health: bool = True
         ) -> None:
             writes.append(id(self))
             await super().send_packed_command(command, check_health)
 
-    redis_store = as_redis(store)
     redis_store.pool.connection_class = CountingConnection
     assert await store.ping()
     assert writes, "the store had dialled before the counting class was installed"
