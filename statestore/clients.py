@@ -65,6 +65,12 @@ class RedisHandle:
     sentinel: Sentinel | None = None
     refresher: TopologyRefresher | None = None
 
+    async def ping(self) -> bool:
+        """Every server holding data answers: on a cluster, each primary."""
+        if isinstance(self.client, RedisCluster):
+            return bool(await self.client.ping(target_nodes=RedisCluster.PRIMARIES))
+        return bool(await self.client.ping())
+
     def after_failure(self) -> None:
         """An operation failed: a cluster relearns its slot map in the background."""
         if self.refresher is not None:

@@ -345,7 +345,7 @@ class RedisStore:
         return self.local.conn.get(response_id)
 
     async def ping(self) -> bool:
-        result, error = await self._run("ping", self.client.ping)
+        result, error = await self._run("ping", self.handle.ping)
         return error is None and bool(result)
 
     async def aclose(self) -> None:

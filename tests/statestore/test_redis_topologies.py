@@ -14,7 +14,7 @@ from redis.crc import key_slot
 
 from statestore import StateStore, open_store
 from tests.statestore.support import PENDING, ClusterTraffic, RecordingHooks, as_redis, binding
-from tests.support import unique_prefix
+from tests.support import RedisServer, unique_prefix
 from tests.support.redis_topologies import (
     RedisClusterSetup,
     run_redis_cluster,
@@ -131,8 +131,11 @@ async def ride_out_failover(store: StateStore, other: StateStore, session: str) 
     while as_redis(store).unsynced:
         n += 1
         assert (await store.bind_turn(binding(f"after-{n}", session_key="elsewhere"))).ok
-    latest = f"during-{len(failed) + 1}"
-    assert await other.get_session_last_response("g", session) == latest
+    # ``other`` still holds the old primary (its pooled connections, a cluster's slot
+    # map): its first op redials, relearns and answers from the new primary at once.
+    found = await other.lookup("g", response_id=None, session_key=session)
+    assert not found.degraded
+    assert found.session_last_response_id == f"during-{len(failed) + 1}"
     return failed
 
 
@@ -143,6 +146,7 @@ async def test_cluster_primary_killed_mid_run(monkeypatch: pytest.MonkeyPatch) -
         other = open_store(setup.url, key_prefix=prefix)
         session = "sess-failover"
         assert (await store.bind_turn(binding("before", session_key=session))).ok
+        assert await other.get_session_last_response("g", session) == "before"
         session_key = as_redis(store).keys.session("g", session)[0]
         dead = setup.primary_port_for(session_key)
         setup.node(dead).kill()
@@ -180,9 +184,31 @@ async def test_sentinel_store_reads_what_another_instance_wrote() -> None:
         a = open_store(setup.url + "/2", key_prefix=prefix)
         b = open_store(setup.url + "/2", key_prefix=prefix)
         assert (await a.bind_turn(binding("r1"))).ok
+        assert await a.ping() and await b.ping()
         found = await b.lookup("g", response_id="r1", session_key="sess-1")
         assert (found.account_id, found.session_last_response_id) == ("acct-a", "r1")
         assert found.source == "redis" and not found.degraded
         assert as_redis(a).pool.connection_kwargs["db"] == 2
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_dead_pooled_connection_is_redialled_within_the_same_op() -> None:
+    """A restarted server (or a replaced primary) leaves dead connections in the pool: the
+    op that meets one redials once inside its deadline instead of degrading."""
+    server = RedisServer().start()
+    hooks = RecordingHooks()
+    store = open_store(server.url, key_prefix=unique_prefix("redial"), hooks=hooks)
+    try:
+        assert (await store.bind_turn(binding("r1"))).ok  # one pooled connection now
+        port = server.port
+        server.stop()
+        server = RedisServer(port=port).start()  # empty, same address
+        outcome = await store.bind_turn(binding("r2"))
+        assert outcome.ok and not outcome.degraded
+        found = await store.lookup("g", response_id=None, session_key="sess-1")
+        assert found.session_last_response_id == "r2" and not found.degraded
+        assert hooks.bind_failures == [] and all(ok for _, ok in hooks.ops)
+    finally:
+        await store.aclose()
+        server.stop()
