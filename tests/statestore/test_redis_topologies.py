@@ -23,6 +23,7 @@ from tests.support.redis_topologies import (
 
 T = TypeVar("T")
 OP_TIMEOUT_MS = 150
+ROUTING_TIMEOUT_MS = 2000
 NEVER_HANGS_S = 1.0  # far above the op deadline: an op waiting on a dead primary would hang
 
 
@@ -38,8 +39,9 @@ async def cluster_pair(
 ) -> AsyncIterator[tuple[StateStore, StateStore, ClusterTraffic]]:
     prefix = unique_prefix("clu")
     traffic = ClusterTraffic().install(monkeypatch)
-    writer = open_store(cluster.url, key_prefix=prefix)
-    reader = open_store(cluster.url, key_prefix=prefix)
+    # Generous deadlines: these tests are about routing, not timing, on a busy machine.
+    writer = open_store(cluster.url, key_prefix=prefix, op_timeout_ms=ROUTING_TIMEOUT_MS)
+    reader = open_store(cluster.url, key_prefix=prefix, op_timeout_ms=ROUTING_TIMEOUT_MS)
     assert await writer.ping() and await reader.ping()  # slot maps learned
     traffic.clear()
     yield writer, reader, traffic
@@ -102,6 +104,14 @@ async def test_a_turn_is_one_round_trip_per_slot(
     assert traffic.errors == [] and traffic.single_commands == []
 
 
+async def warmed(store: StateStore) -> None:
+    """The first op also discovers the topology: on a busy machine give it a few tries."""
+    deadline = time.monotonic() + 10
+    while not await store.ping():
+        assert time.monotonic() < deadline, "the store never reached Redis"
+        await asyncio.sleep(0.05)
+
+
 async def never_hangs(call: Awaitable[T]) -> T:
     async with asyncio.timeout(NEVER_HANGS_S):
         return await call
@@ -143,7 +153,8 @@ async def test_cluster_primary_killed_mid_run(monkeypatch: pytest.MonkeyPatch) -
     with run_redis_cluster() as setup:
         prefix, hooks = unique_prefix("clufail"), RecordingHooks()
         store = open_store(setup.url, key_prefix=prefix, op_timeout_ms=OP_TIMEOUT_MS, hooks=hooks)
-        other = open_store(setup.url, key_prefix=prefix)
+        other = open_store(setup.url, key_prefix=prefix, op_timeout_ms=ROUTING_TIMEOUT_MS)
+        await warmed(store)
         session = "sess-failover"
         assert (await store.bind_turn(binding("before", session_key=session))).ok
         assert await other.get_session_last_response("g", session) == "before"
@@ -164,7 +175,8 @@ async def test_sentinel_primary_killed_mid_run() -> None:
     with run_sentinel() as setup:
         prefix, hooks = unique_prefix("senfail"), RecordingHooks()
         store = open_store(setup.url, key_prefix=prefix, op_timeout_ms=OP_TIMEOUT_MS, hooks=hooks)
-        other = open_store(setup.url, key_prefix=prefix)
+        other = open_store(setup.url, key_prefix=prefix, op_timeout_ms=ROUTING_TIMEOUT_MS)
+        await warmed(store)
         assert (await store.bind_turn(binding("before"))).ok
         assert await other.get_response_account("g", "before") == "acct-a"
         dead = setup.kill_primary().port
@@ -181,8 +193,8 @@ async def test_sentinel_primary_killed_mid_run() -> None:
 async def test_sentinel_store_reads_what_another_instance_wrote() -> None:
     with run_sentinel() as setup:
         prefix = unique_prefix("sen")
-        a = open_store(setup.url + "/2", key_prefix=prefix)
-        b = open_store(setup.url + "/2", key_prefix=prefix)
+        a = open_store(setup.url + "/2", key_prefix=prefix, op_timeout_ms=ROUTING_TIMEOUT_MS)
+        b = open_store(setup.url + "/2", key_prefix=prefix, op_timeout_ms=ROUTING_TIMEOUT_MS)
         assert (await a.bind_turn(binding("r1"))).ok
         assert await a.ping() and await b.ping()
         found = await b.lookup("g", response_id="r1", session_key="sess-1")
@@ -198,7 +210,12 @@ async def test_a_dead_pooled_connection_is_redialled_within_the_same_op() -> Non
     op that meets one redials once inside its deadline instead of degrading."""
     server = RedisServer().start()
     hooks = RecordingHooks()
-    store = open_store(server.url, key_prefix=unique_prefix("redial"), hooks=hooks)
+    store = open_store(
+        server.url,
+        key_prefix=unique_prefix("redial"),
+        hooks=hooks,
+        op_timeout_ms=ROUTING_TIMEOUT_MS,
+    )
     try:
         assert (await store.bind_turn(binding("r1"))).ok  # one pooled connection now
         port = server.port
