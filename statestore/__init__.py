@@ -2,7 +2,8 @@
 
 ``open_store("memory://")`` keeps everything in process; ``redis://`` (also ``rediss://``,
 ``unix://``), ``redis+cluster://`` and ``redis+sentinel://`` put a hot local cache in
-front of Redis. ``STORE_URL_SCHEMES`` is the one list of accepted schemes.
+front of Redis. ``STORE_URL_SCHEMES`` is the one list of accepted schemes, and
+``store_url_problem`` says what is wrong with a URL.
 """
 
 from statestore.base import (
@@ -14,7 +15,8 @@ from statestore.base import (
     TurnBinding,
 )
 from statestore.open import open_store
-from statestore.schemes import STORE_URL_SCHEMES, STORE_URL_SCHEMES_TEXT, is_supported_store_url
+from statestore.schemes import STORE_URL_SCHEMES, STORE_URL_SCHEMES_TEXT
+from statestore.topology import store_url_problem
 
 __all__ = [
     "STORE_URL_SCHEMES",
@@ -25,6 +27,6 @@ __all__ = [
     "StateStore",
     "StoreHooks",
     "TurnBinding",
-    "is_supported_store_url",
     "open_store",
+    "store_url_problem",
 ]

@@ -14,7 +14,3 @@ STORE_URL_SCHEMES_TEXT = ", ".join(f"{scheme}://" for scheme in STORE_URL_SCHEME
 
 def url_scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else ""
-
-
-def is_supported_store_url(url: str) -> bool:
-    return url_scheme_of(url) in STORE_URL_SCHEMES

@@ -12,7 +12,13 @@ from urllib.parse import unquote
 
 import msgspec
 
-from statestore.schemes import CLUSTER_SCHEMES, SENTINEL_SCHEMES, url_scheme_of
+from statestore.schemes import (
+    CLUSTER_SCHEMES,
+    SENTINEL_SCHEMES,
+    STORE_URL_SCHEMES,
+    STORE_URL_SCHEMES_TEXT,
+    url_scheme_of,
+)
 
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_SENTINEL_PORT = 26379
@@ -90,3 +96,15 @@ def parse_topology(url: str) -> Topology:
         service_name=unquote(segments[0]),
         db=int(db_text),
     )
+
+
+def store_url_problem(url: str) -> str | None:
+    """What is wrong with a ``statestore.url``, or None: for config validation."""
+    if url_scheme_of(url) not in STORE_URL_SCHEMES:
+        return f"scheme must be one of {STORE_URL_SCHEMES_TEXT}"
+    if url_scheme_of(url) in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
+        try:
+            parse_topology(url)
+        except ValueError as exc:
+            return str(exc)
+    return None

@@ -73,10 +73,15 @@ def test_every_redis_scheme_opens_a_redis_store_without_dialling() -> None:
 
 def test_config_accepts_exactly_the_store_schemes() -> None:
     for scheme in STORE_URL_SCHEMES:
-        cfg = parse_config(f'[statestore]\nurl = "{scheme}://h:1/x"\n', env={})
-        assert cfg.statestore.url.startswith(scheme)
+        url = f"{scheme}://h:1" if "cluster" in scheme else f"{scheme}://h:1/x"
+        assert parse_config(f'[statestore]\nurl = "{url}"\n', env={}).statestore.url == url
     with pytest.raises(ConfigError, match="redis\\+cluster://"):
         parse_config('[statestore]\nurl = "redis+shard://h:1"\n', env={})
+    # A malformed node list is a config error that names the problem, not a traceback later.
+    with pytest.raises(ConfigError, match=r"statestore\.url: bad port 'port'"):
+        parse_config('[statestore]\nurl = "redis+cluster://h:port"\n', env={})
+    with pytest.raises(ConfigError, match=r"statestore\.url: .*service_name"):
+        parse_config('[statestore]\nurl = "redis+sentinel://s1:26379"\n', env={})
 
 
 def _statestore_imports() -> dict[str, set[str]]:
