@@ -106,7 +106,6 @@ class TopologyRefresher:
         self._min_interval_s = min_interval_s
         self._task: asyncio.Task[None] | None = None
         self._last_start = -math.inf
-        self.refreshes = 0
 
     def trigger(self) -> asyncio.Task[None] | None:
         """Start a refresh unless one runs or one started too recently."""
@@ -127,7 +126,6 @@ class TopologyRefresher:
     async def _refresh(self) -> None:
         with contextlib.suppress(Exception):  # the next failure tries again
             await self._client.nodes_manager.initialize()
-            self.refreshes += 1
 
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():

@@ -6,7 +6,9 @@ between instances, so whenever a session is asked about they are read from Redis
 same single round trip) and the cached copy is only the fallback.
 
 Every Redis operation has its own short deadline, never the caller's: on timeout
-or error the caller gets the local data with ``degraded=True`` and nothing raises.
+or error the caller gets the local data with ``degraded=True`` and nothing raises. A
+refused or reset connection (a restarted server, a primary replaced by a failover) is
+retried once inside that deadline.
 """
 
 from __future__ import annotations
