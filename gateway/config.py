@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from statestore import store_url_problem
+
 DEFAULT_CONFIG_PATH = "deploy/gateway.example.toml"
 MIB = 1024 * 1024
 
@@ -173,10 +175,8 @@ def _validate(cfg: Config, env: dict[str, str]) -> Config:
     if ws.min_idle_per_account > ws.max_idle_per_account:
         raise ConfigError("openai_ws.min_idle_per_account: must be <= max_idle_per_account")
     url = cfg.statestore.url
-    if not url.startswith(("memory://", "redis://", "rediss://", "unix://")):
-        raise ConfigError(
-            "statestore.url: scheme must be memory://, redis://, rediss:// or unix://"
-        )
+    if (problem := store_url_problem(url)) is not None:
+        raise ConfigError(f"statestore.url: {problem}")
     server = cfg.server
     if not server.instance_id:
         server = msgspec.structs.replace(server, instance_id=socket.gethostname())

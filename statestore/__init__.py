@@ -1,7 +1,9 @@
 """Continuation state shared across instances: a StateStore picked by URL scheme.
 
-``open_store("memory://")`` keeps everything in process; ``open_store("redis://...")``
-(also ``rediss://``, ``unix://``) puts a hot local cache in front of Redis.
+``open_store("memory://")`` keeps everything in process; ``redis://`` (also ``rediss://``,
+``unix://``), ``redis+cluster://`` and ``redis+sentinel://`` put a hot local cache in
+front of Redis. ``STORE_URL_SCHEMES`` is the one list of accepted schemes, and
+``store_url_problem`` says what is wrong with a URL.
 """
 
 from statestore.base import (
@@ -11,10 +13,14 @@ from statestore.base import (
     StateStore,
     StoreHooks,
     TurnBinding,
-    open_store,
 )
+from statestore.open import open_store
+from statestore.schemes import STORE_URL_SCHEMES, STORE_URL_SCHEMES_TEXT
+from statestore.topology import store_url_problem
 
 __all__ = [
+    "STORE_URL_SCHEMES",
+    "STORE_URL_SCHEMES_TEXT",
     "BindOutcome",
     "Continuation",
     "NoHooks",
@@ -22,4 +28,5 @@ __all__ = [
     "StoreHooks",
     "TurnBinding",
     "open_store",
+    "store_url_problem",
 ]

@@ -1,16 +1,11 @@
-"""The StateStore protocol, its records and hooks, and the URL dispatch (encode/broadcaster
-style: one small interface, the backend picked from the URL scheme)."""
+"""The StateStore protocol, its records and hooks (one small interface; the backend is
+picked from the URL scheme by ``statestore.open``)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
-
-DEFAULT_TTL_S = 3600  # the reference's fallback for a TTL <= 0
-REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class TurnBinding(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,7 +64,7 @@ class NoHooks:
 
 
 class StateStore(Protocol):
-    """Continuation state (R-10). No method raises because the shared backend is down:
+    """Continuation state. No method raises because the shared backend is down:
     reads answer from local data with ``degraded=True``, binds keep the local write."""
 
     @property
@@ -98,52 +93,3 @@ class StateStore(Protocol):
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...
-
-
-def url_scheme_of(url: str) -> str:
-    return url.split("://", 1)[0].lower() if "://" in url else ""
-
-
-def open_store(
-    url: str,
-    *,
-    op_timeout_ms: int = 150,
-    response_ttl_s: int = 3600,
-    cache_max_entries: int = 65536,
-    key_prefix: str = "rwg",
-    hooks: StoreHooks | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    pool_max_connections: int = 64,
-) -> StateStore:
-    """Pick the backend from the URL scheme. Never connects: the Redis backend dials lazily."""
-    scheme = url_scheme_of(url)
-    if op_timeout_ms <= 0 or cache_max_entries <= 0 or pool_max_connections <= 0:
-        raise ValueError(
-            "op_timeout_ms, cache_max_entries and pool_max_connections must be positive"
-        )
-    ttl_s = response_ttl_s if response_ttl_s > 0 else DEFAULT_TTL_S
-    if scheme == "memory":
-        from statestore.memory import MemoryStore
-
-        return MemoryStore(
-            response_ttl_s=ttl_s, max_entries=cache_max_entries, clock=clock, hooks=hooks
-        )
-    if scheme in REDIS_SCHEMES:
-        if "{" in key_prefix or "}" in key_prefix:
-            raise ValueError(f"key_prefix {key_prefix!r} must not contain '{{' or '}}' (hash tags)")
-        from statestore.redisstore import RedisStore
-
-        return RedisStore(
-            url,
-            op_timeout_ms=op_timeout_ms,
-            response_ttl_s=ttl_s,
-            cache_max_entries=cache_max_entries,
-            key_prefix=key_prefix,
-            hooks=hooks,
-            clock=clock,
-            pool_max_connections=pool_max_connections,
-        )
-    raise ValueError(
-        f"unsupported state store URL scheme {scheme!r} in {url!r} "
-        "(use memory://, redis://, rediss:// or unix://)"
-    )

@@ -18,7 +18,7 @@ class ResponseRecord(msgspec.Struct, frozen=True):
 
 
 class LocalState:
-    """The R-10 mappings, each a bounded TTL'd LRU on one clock. Keys carry the group
+    """The continuation mappings, each a bounded TTL'd LRU on one clock. Keys carry the group
     (tenant isolation); the conn map is keyed by response id alone (it is per process)."""
 
     __slots__ = ("conn", "last", "responses", "ttl_s", "turn_state")

@@ -1,18 +1,19 @@
-"""``redis://``, ``rediss://``, ``unix://``: a hot local cache in front of Redis.
+"""Redis (one server, a Cluster, or a Sentinel-managed primary) behind a hot local cache.
 
 Response records never change once written (response ids are unique), so a cache hit
 skips Redis. Session records (last response, turn state) move as a conversation hops
 between instances, so whenever a session is asked about they are read from Redis (in the
 same single round trip) and the cached copy is only the fallback.
 
-Every Redis operation has its own short deadline (R-12), never the caller's: on timeout
-or error the caller gets the local data with ``degraded=True`` and nothing raises.
+Every Redis operation has its own short deadline, never the caller's: on timeout
+or error the caller gets the local data with ``degraded=True`` and nothing raises. A
+refused or reset connection (a restarted server, a primary replaced by a failover) is
+retried once inside that deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,22 +21,16 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from statestore.base import (
-    BindOutcome,
-    Continuation,
-    NoHooks,
-    StoreHooks,
-    TurnBinding,
-    url_scheme_of,
-)
+from statestore.base import BindOutcome, Continuation, NoHooks, StoreHooks, TurnBinding
+from statestore.clients import connect
 from statestore.keys import RedisKeys
 from statestore.local import LocalState, ResponseRecord
 from statestore.resync import SESSION_CAS_SCRIPT, ResyncQueue, Unsynced
+from statestore.schemes import url_scheme_of
 
 log = logging.getLogger("statestore")
 T = TypeVar("T")
@@ -44,6 +39,9 @@ _OK = BindOutcome(ok=True)
 _encode = msgspec.json.Encoder().encode
 _pending_decoder = msgspec.json.Decoder(dict[str, str])
 REPLAY_PER_BIND = 32  # failed binds written back per successful bind pipeline
+# Errors worth one more attempt within the deadline (every op is idempotent): refused or
+# reset connections and cluster slots in flux. A timeout is not: the deadline is spent.
+RETRY_AFTER = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
 
 
 @dataclass(slots=True)
@@ -82,30 +80,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def make_pool(
-    url: str, *, op_timeout_s: float, max_connections: int
-) -> aioredis.BlockingConnectionPool:
-    """A pool that can't outlive the deadline: socket read/connect timeouts equal the op
-    deadline, no client retries (a retry would overrun it), and waiting for a free
-    connection is bounded too (the default pool raises past its size instead)."""
-    extra: dict[str, Any] = {}
-    # No CLIENT SETINFO on connect: a reconnect is then just the TCP handshake.
-    if "driver_info" in inspect.signature(AbstractConnection.__init__).parameters:
-        extra["driver_info"] = None
-    else:  # pragma: no cover - redis-py < 7
-        extra.update(lib_name=None, lib_version=None)
-    return aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=op_timeout_s,
-        socket_timeout=op_timeout_s,
-        socket_connect_timeout=op_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        **extra,
-    )
-
-
 class RedisStore:
     def __init__(
         self,
@@ -129,22 +103,38 @@ class RedisStore:
         self._clock = clock
         self._hooks: StoreHooks = hooks or NoHooks()
         # Nothing dials here: connections are made by the first operation.
-        self.pool = make_pool(
+        self.handle = connect(
             url, op_timeout_s=self.op_timeout_s, max_connections=pool_max_connections
         )
-        self.client = aioredis.Redis.from_pool(self.pool)
+        self.client: Any = self.handle.client
         # A command cut off by the deadline disconnects its connection inside redis-py
         # (read/send paths disconnect on any BaseException), so a half-read reply is
         # never handed to the next command; tests/statestore pin this with SIGSTOP.
+
+    @property
+    def pool(self) -> BlockingConnectionPool:
+        """The connection pool of a single server or Sentinel primary (a cluster has one
+        per node)."""
+        if self.handle.pool is None:
+            raise AttributeError(f"a {self.url_scheme}:// store has no single pool")
+        return self.handle.pool
 
     async def _run(self, op: str, call: Callable[[], Awaitable[T]]) -> tuple[T | None, str | None]:
         """One Redis op under its own deadline: (result, None) or (None, error)."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.op_timeout_s):
-                result = await call()
+                try:
+                    result = await call()
+                except RETRY_AFTER as exc:
+                    # A dead pooled connection, or a primary replaced by a failover: redial
+                    # (and relearn a cluster's slots) once, inside the same deadline.
+                    await self.handle.before_retry()
+                    log.debug("statestore %s retried after %s", op, _describe(exc))
+                    result = await call()
         except Exception as exc:  # timeout, refused, reset, protocol error, ...
             self._hooks.on_op(op, time.perf_counter() - started, False)
+            self.handle.after_failure()  # a cluster relearns its slot map off this clock
             return None, _describe(exc)
         self._hooks.on_op(op, time.perf_counter() - started, True)
         return result, None
@@ -162,9 +152,7 @@ class RedisStore:
 
         async def write() -> None:
             pipe = self.client.pipeline(transaction=False)
-            for item in replays:
-                self._queue_replay(pipe, item)
-            first_own = len(pipe.command_stack)
+            first_own = sum(self._queue_replay(pipe, item) for item in replays)
             self._queue_bind(pipe, b, self._ttl_ms)
             replies = await pipe.execute(raise_on_error=False)
             # Only this bind's own replies decide the outcome: a write-back Redis refuses
@@ -208,11 +196,12 @@ class RedisStore:
             if b.turn_state:
                 pipe.set(ts_key, b.turn_state, px=ttl_ms)
 
-    def _queue_replay(self, pipe: Any, item: Unsynced) -> None:
+    def _queue_replay(self, pipe: Any, item: Unsynced) -> int:
+        """Queue one failed bind's write-back; returns how many commands it queued."""
         b = item.binding
         left_ms = int((self.ttl_s - (self._clock() - item.failed_at)) * 1000)
         if left_ms <= 0:
-            return  # expired locally as well: nothing left to keep
+            return 0  # expired locally as well: nothing left to keep
         acct_key, pend_key = self.keys.response(b.group, b.response_id)
         pipe.set(acct_key, b.account_id, px=left_ms)
         pipe.set(pend_key, _encode(b.pending_calls), px=left_ms)
@@ -229,6 +218,8 @@ class RedisStore:
                 override.turn_state or "",
                 left_ms,
             )
+            return 3
+        return 2
 
     async def forget_response(self, group: str, response_id: str) -> None:
         self.local.forget(group, response_id)
@@ -261,9 +252,9 @@ class RedisStore:
             pipe = self.client.pipeline(transaction=False)
             if response_keys is not None:
                 pipe.pttl(response_keys[0])
-                pipe.mget(response_keys)  # one slot: the keys share a hash tag
+                pipe.execute_command("MGET", *response_keys)  # one slot: one hash tag
             if session_keys is not None:
-                pipe.mget(session_keys)
+                pipe.execute_command("MGET", *session_keys)
             # Unpacked here so a malformed reply is an op error (degraded), never a raise.
             replies = iter(await pipe.execute())
             fetched = _Fetched()
@@ -356,13 +347,14 @@ class RedisStore:
         return self.local.conn.get(response_id)
 
     async def ping(self) -> bool:
-        result, error = await self._run("ping", self.client.ping)
+        result, error = await self._run("ping", self.handle.ping)
         return error is None and bool(result)
 
     async def aclose(self) -> None:
         # Closing only tears down local sockets, but keep even that off the caller's clock.
         try:
             async with asyncio.timeout(max(self.op_timeout_s, 1.0)):
-                await self.client.aclose()
+                await self.handle.aclose()
         except Exception:  # a close that fails has nothing left to save
-            await self.pool.disconnect(inuse_connections=True)
+            if self.handle.pool is not None:
+                await self.handle.pool.disconnect(inuse_connections=True)

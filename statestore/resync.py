@@ -1,4 +1,4 @@
-"""Binds that never reached Redis, kept so nothing the local cache held is lost (R-12).
+"""Binds that never reached Redis, kept so nothing the local cache held is lost.
 
 A failed bind is replayed in the pipeline of the next successful bind (still one round
 trip). Response keys are immutable (response ids are unique), so they are simply written

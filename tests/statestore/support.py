@@ -56,17 +56,60 @@ async def count_round_trips(store: StateStore) -> list[int]:
     (a pipeline is one write, hence one round trip), warm one connection, and return
     the emptied log that later operations append to."""
     writes: list[int] = []
+    redis_store = as_redis(store)
+    base: type[Connection] = redis_store.pool.connection_class  # a Sentinel's one too
 
-    class CountingConnection(Connection):
+    class CountingConnection(base):  # type: ignore[valid-type,misc]
         async def send_packed_command(
             self, command: bytes | str | Iterable[bytes], check_health: bool = True
         ) -> None:
             writes.append(id(self))
             await super().send_packed_command(command, check_health)
 
-    redis_store = as_redis(store)
     redis_store.pool.connection_class = CountingConnection
     assert await store.ping()
     assert writes, "the store had dialled before the counting class was installed"
     writes.clear()
     return writes
+
+
+class ClusterTraffic:
+    """Records every request the cluster client sends to a node (one pipelined write
+    and its replies, i.e. one round trip) and every error reply, by wrapping
+    ``ClusterNode.execute_pipeline`` and ``ClusterNode.execute_command``."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[int]]] = []  # (node, slot of each command)
+        self.single_commands: list[tuple[str, str]] = []  # redirect re-sends, discovery
+        self.errors: list[str] = []
+
+    def install(self, monkeypatch: Any) -> ClusterTraffic:
+        from redis.asyncio.cluster import ClusterNode
+        from redis.crc import key_slot
+
+        pipeline, command = ClusterNode.execute_pipeline, ClusterNode.execute_command
+        traffic = self
+
+        def slot_of(args: tuple[Any, ...]) -> int:
+            name = str(args[0]).upper()
+            key = args[3] if name == "EVAL" else args[1]
+            return key_slot(key if isinstance(key, bytes) else str(key).encode())
+
+        async def counted_pipeline(node: ClusterNode, commands: list[Any]) -> bool:
+            traffic.requests.append((node.name, [slot_of(c.args) for c in commands]))
+            failed = await pipeline(node, commands)
+            traffic.errors += [repr(c.result) for c in commands if isinstance(c.result, Exception)]
+            return failed
+
+        async def counted_command(node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
+            traffic.single_commands.append((node.name, str(args[0])))
+            return await command(node, *args, **kwargs)
+
+        monkeypatch.setattr(ClusterNode, "execute_pipeline", counted_pipeline)
+        monkeypatch.setattr(ClusterNode, "execute_command", counted_command)
+        return self
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.single_commands.clear()
+        self.errors.clear()
