@@ -49,7 +49,9 @@ class SoakResult:
     upstream_sockets: float = 0.0
 
 
-async def soak(gw: GatewayProcess, turns: int, sockets: int, every: int) -> SoakResult:
+async def soak(
+    gw: GatewayProcess, turns: int, sockets: int, every: int, conversation_turns: int = 0
+) -> SoakResult:
     assert gw.proc.proc is not None
     pid = gw.proc.proc.pid
     result = SoakResult()
@@ -61,6 +63,11 @@ async def soak(gw: GatewayProcess, turns: int, sockets: int, every: int) -> Soak
         previous: str | None = None
         try:
             for index in range(per_socket):
+                if conversation_turns and index and index % conversation_turns == 0:
+                    # A new conversation on a new socket, as an agent starts a new task.
+                    await ws.close()
+                    ws = await open_ws(gw.ws_url, auth_headers())
+                    previous = None
                 extra = {} if previous is None else {"previous_response_id": previous}
                 await ws.send(create(f"turn {index}", **extra))
                 events = await read_turn(ws)
@@ -89,6 +96,12 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=20)
     parser.add_argument("--every", type=int, default=5_000)
     parser.add_argument("--max-idle", type=int, default=4, help="small: upstream sockets churn")
+    parser.add_argument(
+        "--conversation-turns", type=int, default=200, help="turns per conversation (socket)"
+    )
+    parser.add_argument(
+        "--cache-entries", type=int, default=8192, help="statestore hot cache bound"
+    )
     args = parser.parse_args()
     redis = RedisServer().start()
     try:
@@ -96,10 +109,15 @@ def main() -> None:
             cfg = gateway_config(
                 sim.base_url,
                 statestore_url=redis.url,
-                overrides={"openai_ws": {"max_idle_per_account": args.max_idle}},
+                overrides={
+                    "openai_ws": {"max_idle_per_account": args.max_idle},
+                    "statestore": {"url": redis.url, "cache_max_entries": args.cache_entries},
+                },
             )
             with run_gateway(cfg) as gw:
-                result = asyncio.run(soak(gw, args.turns, args.sockets, args.every))
+                result = asyncio.run(
+                    soak(gw, args.turns, args.sockets, args.every, args.conversation_turns)
+                )
     finally:
         redis.stop()
     print(json.dumps(result.__dict__, indent=1))
