@@ -223,7 +223,7 @@ async def websockets_asyncio(url: str) -> tuple[Recv, Callable[[str], None]]:
     return ws.recv, lambda text: loop.create_task(ws.send(text)) and None
 
 
-async def picows_client(url: str) -> tuple[Recv, Callable[[str], None]]:
+async def picows_client(url: str, fastnet: bool = True) -> tuple[Recv, Callable[[str], None]]:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
     inbox = _Inbox()
@@ -233,7 +233,7 @@ async def picows_client(url: str) -> tuple[Recv, Callable[[str], None]]:
             if frame.msg_type == WSMsgType.TEXT:
                 inbox.put(frame.get_payload_as_utf8_text())
 
-    transport, _ = await ws_connect(Listener, url, max_frame_size=1 << 24)
+    transport, _ = await ws_connect(Listener, url, max_frame_size=1 << 24, use_aiofastnet=fastnet)
     return inbox.recv, lambda text: transport.send(WSMsgType.TEXT, text.encode())
 
 
@@ -255,7 +255,8 @@ CLIENTS: dict[str, Callable[[str], Awaitable[tuple[Recv, Callable[[str], None]]]
     "websockets sans-I/O + StreamReader": sansio_stream,
     "websockets sans-I/O + Protocol": sansio_protocol,
     "websockets asyncio client": websockets_asyncio,
-    "picows": picows_client,
+    "picows (aiofastnet transport, its default)": picows_client,
+    "picows (the loop's own transport)": lambda url: picows_client(url, fastnet=False),
     "gateway.upstream.ws (this checkout)": gateway_client,
 }
 
@@ -370,7 +371,7 @@ def main() -> None:
         print(table)
         for name, value in result[table].items():
             shown = f"{value:6.2f} µs" if isinstance(value, float) else value
-            print(f"  {name:40s} {shown}")
+            print(f"  {name:45s} {shown}")
 
 
 if __name__ == "__main__":
