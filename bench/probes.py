@@ -215,4 +215,8 @@ def stage_breakdown(sim: SimProcess, quick: bool) -> dict[str, Any]:
         control("stages_start")
         run_load(url, auth_headers(), Scenario("stages", 1, turns, tool, output_bytes=10_000))
         reply = control("stages_stop")
-    return {"continuation": reply["continuation"], "all": reply["all"]}
+    return {
+        "continuation": reply["continuation"],
+        "all": reply["all"],
+        "clock_read_ns": reply["clock_read_ns"],
+    }

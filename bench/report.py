@@ -408,7 +408,9 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             "1 socket, tool loops whose continuation carries a 10 KB `function_call_output`"
             " for the one pending call; wall-clock p50 per stage in the in-process host"
-            " (a stage absent from a turn is not counted).",
+            " (a stage absent from a turn is not counted). Each timed stage reads the clock"
+            f" twice; one read cost {fmt(_get(data, 'stages', 'clock_read_ns'), 0)} ns here,"
+            " included in the figures.",
             "",
             *stage_table(data),
             "",
