@@ -33,6 +33,10 @@ STAGE_LABELS = {
     "watch_idle": "idle watcher restarted",
     "release": "lease release",
     "turn": "whole turn",
+    "spans": "all span work in the turn (creation, enter, exit)",
+    "spans_calls": "spans entered per turn (count)",
+    "metrics": "all Prometheus work in the turn (labels, inc, observe)",
+    "metrics_calls": "Prometheus calls per turn (count)",
 }
 
 

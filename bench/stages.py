@@ -32,6 +32,11 @@ STAGES = (
     "watch_idle",
     "release",
     "turn",
+    # not in the sequence above: totals over the whole turn, wherever they happen
+    "spans",
+    "spans_calls",
+    "metrics",
+    "metrics_calls",
 )
 
 # A wall clock: the thread CPU clock is a real system call in some VMs (µs per read),
@@ -105,7 +110,56 @@ class StageProbe:
 
         return wrapper
 
+    def _counted(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
+        """Like _sync, also counting the calls (``<stage>_calls``)."""
+        calls = stage + "_calls"
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            rec = _record.get()
+            if rec is None:
+                return fn(*args, **kwargs)
+            started = _now()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                rec[stage] = rec.get(stage, 0) + _now() - started
+                rec[calls] = rec.get(calls, 0) + 1000  # medians divide by 1000
+
+        return wrapper
+
+    def _timed_spans(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        """A span context manager whose creation, enter and exit count as ``spans``."""
+        probe = self
+
+        class Timed:
+            def __init__(self, inner: Any) -> None:
+                self.inner = inner
+
+            def __enter__(self) -> Any:
+                enter = probe._counted(self.inner.__enter__, "spans")
+                return enter()
+
+            def __exit__(self, *exc: Any) -> Any:
+                rec = _record.get()
+                if rec is None:
+                    return self.inner.__exit__(*exc)
+                started = _now()
+                try:
+                    return self.inner.__exit__(*exc)
+                finally:
+                    rec["spans"] = rec.get("spans", 0) + _now() - started
+
+        @functools.wraps(method)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return Timed(method(*args, **kwargs))
+
+        return wrapper
+
     def _install(self) -> None:
+        import prometheus_client.metrics as prom
+
+        from gateway import tracing
         from gateway.forward import ctx_pool
         from gateway.upstream import ws
         from pool import pool
@@ -153,6 +207,13 @@ class StageProbe:
                 probe.records.append(rec)
 
         fwd.run_turn = timed_turn  # type: ignore[method-assign]
+        tracer = tracing.Tracing
+        tracer.child = self._timed_spans(tracer.child)  # type: ignore[method-assign]
+        tracer.turn_span = self._timed_spans(tracer.turn_span)  # type: ignore[method-assign]
+        base = prom.MetricWrapperBase
+        base.labels = self._counted(base.labels, "metrics")  # type: ignore[method-assign]
+        prom.Counter.inc = self._counted(prom.Counter.inc, "metrics")  # type: ignore[method-assign]
+        prom.Histogram.observe = self._counted(prom.Histogram.observe, "metrics")  # type: ignore[method-assign]
 
 
 def _medians(records: list[dict[str, Any]]) -> dict[str, float | None]:
