@@ -56,6 +56,7 @@ DOC = REPO_ROOT / "docs" / "benchmarks.md"
 README = REPO_ROOT / "README.md"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 STARTED = time.monotonic()
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def scenarios(quick: bool) -> list[Scenario]:
@@ -265,6 +266,8 @@ def machine() -> dict[str, Any]:
             packages[name] = "-"
     return {
         "cores": os.cpu_count(),
+        # other work on the machine: the figures are only as steady as this is low
+        "load_avg_at_start": LOAD_AT_START,
         "cpu_model": _cpu_model(),
         "relay_cpu": RELAY_CPU,
         "load_cpu": LOAD_CPU,
