@@ -1,7 +1,9 @@
-"""``make bench`` / ``make bench-quick``: the same scripted traffic four ways, side by side.
+"""``make bench`` / ``make bench-quick``: the same scripted traffic through every relay.
 
     client -> simulator (direct)
-    client -> floor relay (uvicorn + the gateway's upstream client, no parsing) -> simulator
+    client -> floor (bench/floor_relay.py: Starlette/uvicorn/uvloop + the websockets client,
+              sharing no code with the gateway, frames copied with no parsing)
+    client -> own-client relay (the floor's ingress on gateway.upstream.ws; full run only)
     client -> gateway passthrough -> simulator
     client -> gateway ctx_pool -> simulator
 
@@ -9,11 +11,14 @@ The relay under test is pinned to CPU 0; the simulator and the load generator (i
 process) to CPU 1. Latency per event is measured on the same events: the simulator
 stamps ``sim_t_ns`` just before sending, the client subtracts it on receipt; "added"
 is a through-path percentile minus the direct one. CPU per event is the relay
-process's CPU time over the run divided by the events it relayed. Then: a fault run
-per gateway mode (5% failed dials, 2% failed streams; the gateway's own counters),
-tracemalloc and cProfile in an in-process host (bench/inproc.py), pool acquire
-(bench/pool_bench.py). Output: bench/results/<date>-<commit>[-quick].json and
-docs/benchmarks.md. ``--only SCENARIO`` runs one scenario and prints its JSON.
+process's CPU time over the run divided by the events it relayed. Then: the per-stage
+breakdown of ctx_pool turns (bench/stages.py), the upstream frame layer alone
+(bench/frame_layer.py), a fault run per gateway mode (5% failed dials, 2% failed
+streams; the gateway's own counters), tracemalloc and cProfile in an in-process host
+(bench/inproc.py), pool acquire (bench/pool_bench.py). Output:
+bench/results/<date>-<commit>.json (full runs; quick runs write bench/results/quick.json,
+untracked), docs/benchmarks.md and the README's numbers block. ``--only SCENARIO`` runs
+one scenario and prints its JSON; ``--stages`` prints the stage breakdown alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from contextlib import ExitStack
 from importlib import metadata
 from typing import Any
 
+from bench.frame_layer import run as frame_layer_run
 from bench.load import Scenario, pin, run_load
 from bench.probes import (
     LOAD_CPU,
@@ -39,40 +45,45 @@ from bench.probes import (
     bench_gateway_config,
     cpu_seconds,
     fault_run,
+    stage_breakdown,
 )
-from bench.report import markdown
+from bench.report import markdown, readme_block
 from tests.e2e.harness import auth_headers, run_gateway, run_sim
 from tests.support import REPO_ROOT, ManagedProcess, free_port, python_module
 
 RESULTS = REPO_ROOT / "bench" / "results"
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
+README = REPO_ROOT / "README.md"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
-GATEWAYS = (
-    ("passthrough", "passthrough", "websockets-sansio"),
-    ("ctx_pool", "ctx_pool", "websockets-sansio"),
-    ("passthrough[wsproto ingress]", "passthrough", "wsproto"),  # full run only
-)
 STARTED = time.monotonic()
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def scenarios(quick: bool) -> list[Scenario]:
-    """Saturating (closed-loop) scenarios measure CPU and throughput; paced ones latency."""
+    """Bursts (closed loop) measure CPU per event at saturation; paced ones are the
+    realistic load: every socket warm, 300 B deltas 10 ms apart, streams staggered evenly
+    in phase, so the relays are not saturated and the figures are what they add."""
     n = 1 if quick else 4  # turns multiplier
+    burst = "burst [[sim deltas=100 delta_bytes=300]]"
+    paced = "paced [[sim deltas=50 delta_bytes=300 delay_ms=10]]"
     tool = 'tool [[sim call exec_command {"cmd":"echo ok"}]]'
-    return [
-        Scenario("text-c1", 1, 100 * n, "short [[sim deltas=5]]"),
-        Scenario("text-c100", 100, 10 * n, "short [[sim deltas=5]]"),
-        Scenario("stream200-c100", 100, 2 * n, "stream [[sim deltas=200]]"),
-        Scenario("20KB-c10", 10, 10 * n, "big [[sim deltas=10 delta_bytes=20000]]"),
-        Scenario("toolloop-c100", 100, 5 * n, tool),  # call, then the continuation
-        # Paced: every socket warm, then streams staggered evenly in phase, so the relays
-        # are not saturated and the figure is the latency they add.
-        Scenario("paced-c1", 1, n, "paced [[sim deltas=40 delay_ms=50]]", True),
-        Scenario("paced-c100", 100, n, "paced [[sim deltas=20 delay_ms=100]]", True, stagger_s=0.1),
-        Scenario(
-            "paced-c1000", 1000, 1, "paced [[sim deltas=6 delay_ms=500]]", True, stagger_s=0.5
-        ),
+    out = [
+        Scenario("burst-c1", 1, 10 * n, burst),
+        Scenario("burst-c50", 50, 2 * n, burst),
+        Scenario("20KB-c50", 50, 2 * n, "big [[sim deltas=10 delta_bytes=20000]]"),
+        Scenario("toolloop-c50", 50, 5 * n, tool, output_bytes=10_000),
+        # one 100 B delta per turn: TTFT and the whole turn at 1 socket
+        Scenario("turn-c1", 1, 100 * n, "turn [[sim deltas=1 delta_bytes=100]]", True),
+        Scenario("paced-c50", 50, 2 * n, paced, True, stagger_s=0.01),
+        Scenario("paced-c200", 200, 2 * n, paced, True, stagger_s=0.01),
     ]
+    if not quick:
+        out.append(
+            Scenario(
+                "paced-c1000", 1000, 1, "paced [[sim deltas=6 delay_ms=500]]", True, stagger_s=0.5
+            )
+        )
+    return out
 
 
 def pct(values: list[int], q: float) -> float | None:
@@ -91,6 +102,7 @@ def summarize(raw: dict[str, Any], cpu: float | None, sim_cpu: float) -> dict[st
         "failures": raw["failures"],
         "lat_ms": {q: pct(lat, v) for q, v in QUANTILES.items()},
         "ttft_ms": {q: pct(ttft, v) for q, v in QUANTILES.items()},
+        "turn_ms": {q: pct(raw["turn"], v) for q, v in QUANTILES.items()},
         "turns_per_s": raw["turns"] / elapsed if elapsed else 0.0,
         "events_per_s": raw["events"] / elapsed if elapsed else 0.0,
         "cpu_us_per_event": cpu / raw["events"] * 1e6
@@ -129,6 +141,9 @@ def add_relative(row: dict[str, Any]) -> None:
         data["ttft_added_ms"] = {
             q: _minus(data["ttft_ms"][q], direct["ttft_ms"][q]) for q in QUANTILES
         }
+        data["turn_added_ms"] = {
+            q: _minus(data["turn_ms"][q], direct["turn_ms"][q]) for q in QUANTILES
+        }
         data["x_direct"] = {
             "lat_p99": _ratio(data["lat_ms"]["p99"], direct["lat_ms"]["p99"]),
             "turns_per_s": _ratio(data["turns_per_s"], direct["turns_per_s"]),
@@ -141,6 +156,16 @@ def add_relative(row: dict[str, Any]) -> None:
             }
 
 
+def _start_relay(module: str, stack: ExitStack, upstream: str) -> tuple[str, int]:
+    port = free_port()
+    proc = ManagedProcess(python_module(module, "--port", str(port), "--upstream", upstream)).start(
+        wait_port=port
+    )
+    stack.callback(proc.stop)
+    assert proc.proc is not None
+    return f"ws://127.0.0.1:{port}/v1/responses", proc.proc.pid
+
+
 def run(quick: bool, only: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {"scenarios": {}, "quick": quick}
     with ExitStack() as stack:
@@ -149,24 +174,18 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
         sim_pid = sim.proc.proc.pid
         pin(sim_pid, LOAD_CPU)
         direct_url = f"ws://127.0.0.1:{sim.port}/v1/responses"
-        floor_port = free_port()
-        floor = ManagedProcess(
-            python_module("bench.floor_relay", "--port", str(floor_port), "--upstream", direct_url)
-        ).start(wait_port=floor_port)
-        stack.callback(floor.stop)
-        assert floor.proc is not None
+        floor_url, floor_pid = _start_relay("bench.floor_relay", stack, direct_url)
         configs: list[tuple[str, str, dict[str, str], int | None]] = [
             ("direct", direct_url, {"Authorization": "Bearer sk-sim-a"}, None),
-            ("floor", f"ws://127.0.0.1:{floor_port}/v1/responses", {}, floor.proc.pid),
+            ("floor", floor_url, {}, floor_pid),
         ]
-        for label, mode, ws_impl in GATEWAYS:
-            if quick and ws_impl != "websockets-sansio":
-                continue
-            cfg = bench_gateway_config(sim, mode)
-            cfg["server"] = {**cfg["server"], "ws_impl": ws_impl}  # type: ignore[dict-item]
-            gw = stack.enter_context(run_gateway(cfg))
+        if not quick:
+            own_url, own_pid = _start_relay("bench.own_client_relay", stack, direct_url)
+            configs.append(("own-client relay", own_url, {}, own_pid))
+        for mode in ("passthrough", "ctx_pool"):
+            gw = stack.enter_context(run_gateway(bench_gateway_config(sim, mode)))
             assert gw.proc.proc is not None
-            configs.append((label, gw.ws_url, auth_headers(), gw.proc.proc.pid))
+            configs.append((mode, gw.ws_url, auth_headers(), gw.proc.proc.pid))
         for _, _, _, pid in configs:
             if pid:
                 pin(pid, RELAY_CPU)
@@ -175,8 +194,6 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
                 continue
             row: dict[str, Any] = {}
             for label, url, headers, pid in configs:
-                if sc.concurrency >= 1000 and "wsproto" in label:
-                    continue
                 sim.control.reset()
                 row[label] = measure(url, headers, pid, sim_pid, sc)
             add_relative(row)
@@ -184,6 +201,9 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             progress(sc.name)
         if only:
             return results
+        sim.control.reset()
+        results["stages"] = stage_breakdown(sim, quick)
+        progress("stages")
         results["faults"] = {}
         for mode in ("passthrough", "ctx_pool"):
             results["faults"][mode] = fault_run(sim, mode, quick)
@@ -197,9 +217,18 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             sim.control.reset()
             results["alloc"][label] = alloc_and_profile(sim, app, mode, quick)
             progress(f"alloc+profile {label}")
+    results["frame_layer"] = frame_layer_run(20_000 if quick else 50_000)
+    progress("frame layer")
     results["pool_acquire"] = pool_acquire()
     progress("pool acquire")
     return results
+
+
+def stages_only(quick: bool) -> dict[str, Any]:
+    with run_sim("--timestamps") as sim:
+        assert sim.proc.proc is not None
+        pin(sim.proc.proc.pid, LOAD_CPU)
+        return stage_breakdown(sim, quick)
 
 
 def pool_acquire() -> list[dict[str, Any]]:
@@ -223,6 +252,7 @@ def machine() -> dict[str, Any]:
         "starlette",
         "websockets",
         "wsproto",
+        "picows",
         "httptools",
         "uvloop",
         "msgspec",
@@ -236,6 +266,8 @@ def machine() -> dict[str, Any]:
             packages[name] = "-"
     return {
         "cores": os.cpu_count(),
+        # other work on the machine: the figures are only as steady as this is low
+        "load_avg_at_start": LOAD_AT_START,
         "cpu_model": _cpu_model(),
         "relay_cpu": RELAY_CPU,
         "load_cpu": LOAD_CPU,
@@ -272,16 +304,33 @@ def commit() -> str:
         return "unknown"
 
 
+def write_readme(block: str) -> None:
+    """Replace the text between the README's bench markers with the generated block."""
+    text = README.read_text()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin not in text or end not in text:
+        print("README has no bench markers; numbers block not written", file=sys.stderr)
+        return
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    README.write_text(f"{head}{begin}\n{block}\n{end}{tail}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--quick", action="store_true", help="smaller counts (the default)")
     group.add_argument("--full", action="store_true")
     parser.add_argument("--only", action="append", help="just this scenario; prints JSON")
+    parser.add_argument("--stages", action="store_true", help="just the stage breakdown")
     args = parser.parse_args()
     # SIGTERM (e.g. from `timeout`) unwinds the ExitStack so no child process is left behind.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    data = run(quick=not args.full, only=set(args.only or ()))
+    quick = not args.full
+    if args.stages:
+        print(json.dumps(stages_only(quick), indent=2))
+        return
+    data = run(quick=quick, only=set(args.only or ()))
     if args.only:
         print(json.dumps(data["scenarios"], indent=2))
         return
@@ -290,12 +339,14 @@ def main() -> None:
     data["commit"] = commit()
     data["elapsed_s"] = round(time.monotonic() - STARTED, 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{data['date']}-{data['commit']}{'-quick' if data['quick'] else ''}.json"
+    # Quick runs are for iterating: one untracked file, overwritten each time.
+    out = RESULTS / ("quick.json" if quick else f"{data['date']}-{data['commit']}.json")
     out.write_text(json.dumps(data, indent=2))
     text = markdown(data)
     DOC.write_text(text)
+    write_readme(readme_block(data))
     print(text)
-    print(f"\nwrote {out} and {DOC} in {data['elapsed_s']} s", file=sys.stderr)
+    print(f"\nwrote {out}, {DOC} and the README block in {data['elapsed_s']} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

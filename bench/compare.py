@@ -29,7 +29,10 @@ DEFAULT_TOLERANCE: dict[str, Tolerance] = {
     "cpu": Tolerance(0.15, 1.0, True),  # CPU µs per event
     "latency": Tolerance(0.30, 0.3, True),  # added latency / TTFT percentiles, ms (noisy)
     "throughput": Tolerance(0.15, 0.0, False),  # turns/s, events/s
-    "alloc": Tolerance(0.25, 2.0, True),  # blocks or bytes per turn (slack: 2 of the unit)
+    "alloc": Tolerance(0.25, 2.0, True),
+    "stage": Tolerance(
+        0.30, 10.0, True
+    ),  # µs per turn stage (bench/stages.py), wall p50  # blocks or bytes per turn (slack: 2 of the unit)
     "retry": Tolerance(0.0, 0.05, True),  # attempts per turn
     "pct_bad": Tolerance(0.0, 0.5, True),  # retry_exhausted %, fallback %: points
     "pct_good": Tolerance(0.0, 5.0, False),  # pool reuse %: points
@@ -60,7 +63,8 @@ def figures(result: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
             prefix = f"{scenario}/{path}"
             if (v := _num(data.get("cpu_us_per_event"))) is not None:
                 yield f"{prefix}/cpu_us_per_event", "cpu", v
-            if scenario.startswith("paced"):  # latency only where the relays are not saturated
+            # latency only where the relays are not saturated
+            if scenario.startswith(("paced", "turn")):
                 for q in ("p50", "p99"):
                     if (v := _num(data.get("added_ms", {}).get(q))) is not None:
                         yield f"{prefix}/added_{q}_ms", "latency", v
@@ -70,6 +74,11 @@ def figures(result: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
                 for key in ("turns_per_s", "events_per_s"):
                     if (v := _num(data.get(key))) is not None:
                         yield f"{prefix}/{key}", "throughput", v
+    for stage, value in (
+        ((result.get("stages") or {}).get("continuation") or {}).get("p50_us", {}).items()
+    ):
+        if (v := _num(value)) is not None:
+            yield f"stages/continuation/{stage}_us", "stage", v
     for relay, data in (result.get("alloc") or {}).items():
         for key in ("net_blocks_per_turn", "peak_bytes_per_turn_in_flight"):
             if (v := _num(data.get(key))) is not None:

@@ -1,5 +1,11 @@
-"""The floor: uvicorn + the gateway's own upstream client, copying frames both ways with
-no parsing at all. ``python -m bench.floor_relay --port P --upstream ws://... --key K``."""
+"""The independent floor: the least a Python relay can do, sharing no code with the gateway.
+
+Starlette + uvicorn + uvloop ingress, the ``websockets`` asyncio client upstream, every
+frame copied both ways as it is (text stays text, bytes stay bytes), nothing parsed.
+Every ratio in ``docs/benchmarks.md`` is against this process.
+
+    python -m bench.floor_relay --port P --upstream ws://... [--key K]
+"""
 
 from __future__ import annotations
 
@@ -12,61 +18,48 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
 
-from gateway.upstream.ws import UpstreamError, connect
 
-
-def build(upstream: str, key: str, ws_max: int = 16 * 1024 * 1024) -> Starlette:
-    counter = iter(range(1, 1 << 62))
-
+def build(upstream: str, key: str) -> Starlette:
     async def relay(websocket: WebSocket) -> None:
-        conn = await connect(
+        async with connect(
             upstream,
-            [("authorization", f"Bearer {key}")],
-            conn_id=f"floor-{next(counter)}",
-            max_message_bytes=ws_max,
-            timeout=10,
-        )
-        await websocket.accept()
-        send = websocket.send
+            additional_headers={"Authorization": f"Bearer {key}"},
+            max_size=None,
+            compression=None,
+            ping_interval=None,
+        ) as conn:
+            await websocket.accept()
+            send = websocket.send
 
-        async def down() -> None:
-            with contextlib.suppress(UpstreamError, Exception):
+            async def down() -> None:
+                with contextlib.suppress(Exception):
+                    async for message in conn:
+                        field = "text" if isinstance(message, str) else "bytes"
+                        await send({"type": "websocket.send", field: message})
+
+            task = asyncio.create_task(down())
+            try:
                 while True:
-                    message = await conn.recv()
-                    await send({"type": "websocket.send", "text": message})
-
-        task = asyncio.create_task(down())
-        try:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                await conn.send_text(message.get("text") or "")
-        finally:
-            task.cancel()
-            await conn.aclose()
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        break
+                    text = message.get("text")
+                    await conn.send(text if text is not None else message.get("bytes") or b"")
+            finally:
+                task.cancel()
 
     return Starlette(routes=[WebSocketRoute("/v1/responses", relay)])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream", required=True)
-    parser.add_argument("--key", default="sk-sim-a")
-    parser.add_argument("--ws", default="websockets-sansio")
-    args = parser.parse_args()
-    uvicorn.run(build(args.upstream, args.key), port=args.port, **uvicorn_kwargs(args.ws))
-
-
-def uvicorn_kwargs(ws: str = "websockets-sansio") -> dict[str, Any]:
-    """The gateway's uvicorn settings (gateway/server.py), so only the relay logic differs."""
+def uvicorn_kwargs() -> dict[str, Any]:
+    """The ingress settings the gateway runs with, so only the relay logic differs."""
     return {
         "host": "127.0.0.1",
         "loop": "uvloop",
         "http": "httptools",
-        "ws": ws,
+        "ws": "websockets-sansio",
         "ws_max_size": 16 * 1024 * 1024,
         "ws_per_message_deflate": False,
         "ws_ping_interval": None,
@@ -74,6 +67,15 @@ def uvicorn_kwargs(ws: str = "websockets-sansio") -> dict[str, Any]:
         "log_level": "warning",
         "access_log": False,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor_relay")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--key", default="sk-sim-a")
+    args = parser.parse_args()
+    uvicorn.run(build(args.upstream, args.key), port=args.port, **uvicorn_kwargs())
 
 
 if __name__ == "__main__":

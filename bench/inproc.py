@@ -14,6 +14,8 @@ JSON line:
                            peak traced bytes above the baseline, top retaining sites
     profile_start          start cProfile
     profile_stop [N]       stop it; the N (default 15) costliest functions by own time
+    stages_start           time every stage of the ctx_pool turns from now (bench/stages.py)
+    stages_stop            p50 per stage, continuation turns and all turns
     quit                   stop the server
 """
 
@@ -24,12 +26,20 @@ import asyncio
 import cProfile
 import gc
 import json
+import os
 import pstats
+import site
+import sysconfig
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 import uvloop
+
+from bench.stages import StageProbe
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Probe:
@@ -107,13 +117,16 @@ class Probe:
 
 
 def _short(filename: str) -> str:
-    for marker in ("/site-packages/", "/work/main/", "/lib/python3.11/"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
+    """A path relative to the checkout, site-packages or the standard library."""
+    for prefix in (str(REPO_ROOT) + os.sep, *site.getsitepackages(), sysconfig.get_path("stdlib")):
+        if filename.startswith(prefix):
+            return filename[len(prefix) :].lstrip(os.sep)
     return filename
 
 
 async def _control(probe: Probe, server: uvicorn.Server, port: int) -> asyncio.Server:
+    stages = StageProbe()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := (await reader.readline()).decode().split():
             command, args = line[0], line[1:]
@@ -125,6 +138,10 @@ async def _control(probe: Probe, server: uvicorn.Server, port: int) -> asyncio.S
                 reply = probe.profile_start()
             elif command == "profile_stop":
                 reply = probe.profile_stop(int(args[0]) if args else 15)
+            elif command == "stages_start":
+                reply = stages.start()
+            elif command == "stages_stop":
+                reply = stages.stop()
             elif command == "quit":
                 server.should_exit = True
                 reply = {"ok": True}

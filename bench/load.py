@@ -23,6 +23,8 @@ class Scenario:
     # Warm runs: client i starts i/concurrency * stagger_s after the barrier, so paced
     # streams are spread evenly in phase instead of all 1,000 emitting in the same instant.
     stagger_s: float = 0.0
+    # Tool loops: bytes of the function_call_output sent back in the continuation.
+    output_bytes: int = 2
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -34,20 +36,19 @@ def pin(pid: int, cpu: int) -> None:
 async def _client(
     url: str,
     headers: dict[str, str],
-    turns: int,
-    prompt: str,
+    sc: Scenario,
     out: dict[str, Any],
     barrier: asyncio.Barrier | None,
-    per_socket: int,
     start_delay: float,
 ) -> None:
-    if per_socket <= 0:
-        await _socket(url, headers, turns, prompt, out, barrier, start_delay)
+    if sc.turns_per_socket <= 0:
+        await _socket(url, headers, sc, sc.turns, out, barrier, start_delay)
         return
+    turns = sc.turns
     while turns > 0:  # a client that reconnects: fresh sockets, same traffic
-        batch = min(per_socket, turns)
+        batch = min(sc.turns_per_socket, turns)
         try:
-            await _socket(url, headers, batch, prompt, out, None, 0.0)
+            await _socket(url, headers, sc, batch, out, None, 0.0)
         except Exception as exc:  # e.g. a refused handshake: a client-visible failure
             out["connect_failures"] += 1
             out["failure_samples"].append(repr(exc)[:200])
@@ -57,8 +58,8 @@ async def _client(
 async def _socket(
     url: str,
     headers: dict[str, str],
+    sc: Scenario,
     turns: int,
-    prompt: str,
     out: dict[str, Any],
     barrier: asyncio.Barrier | None,
     start_delay: float,
@@ -70,14 +71,22 @@ async def _socket(
         url, additional_headers=headers, max_size=None, ping_interval=None, open_timeout=30
     ) as ws:
         if barrier is not None:
-            scratch: dict[str, Any] = {"lat": [], "ttft": [], "events": 0, "turns": 0, "errors": 0}
-            await _turns(ws, 1, "warm [[sim deltas=1]]", scratch)
+            scratch: dict[str, Any] = {
+                "lat": [],
+                "ttft": [],
+                "turn": [],
+                "events": 0,
+                "turns": 0,
+                "errors": 0,
+            }
+            await _turns(ws, 1, "warm [[sim deltas=1]]", scratch, 2)
             await barrier.wait()
             await asyncio.sleep(start_delay)
-        await _turns(ws, turns, prompt, out)
+        await _turns(ws, turns, sc.prompt, out, sc.output_bytes)
 
 
-async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any]) -> None:
+async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any], output_bytes: int) -> None:
+    output = "ok".ljust(output_bytes, "x")
     for _ in range(turns):
         payload = json.dumps(
             {
@@ -109,6 +118,7 @@ async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any]) -> None:
             out["events"] += 1
             if '"type":"response.completed"' in frame[:40]:
                 out["turns"] += 1
+                out["turn"].append(now - sent)
                 if '"type":"function_call"' in frame:  # continue the tool loop once
                     done = json.loads(frame)["response"]
                     call = next(i for i in done["output"] if i["type"] == "function_call")
@@ -122,7 +132,7 @@ async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any]) -> None:
                                 {
                                     "type": "function_call_output",
                                     "call_id": call["call_id"],
-                                    "output": "ok",
+                                    "output": output,
                                 }
                             ],
                         }
@@ -141,6 +151,7 @@ async def _load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, An
     out: dict[str, Any] = {
         "lat": [],
         "ttft": [],
+        "turn": [],
         "events": 0,
         "turns": 0,
         "errors": 0,
@@ -152,16 +163,7 @@ async def _load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, An
     cpu_started = time.process_time()
     results = await asyncio.gather(
         *(
-            _client(
-                url,
-                headers,
-                sc.turns,
-                sc.prompt,
-                out,
-                barrier,
-                sc.turns_per_socket,
-                i / sc.concurrency * sc.stagger_s,
-            )
+            _client(url, headers, sc, out, barrier, i / sc.concurrency * sc.stagger_s)
             for i in range(sc.concurrency)
         ),
         return_exceptions=True,

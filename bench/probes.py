@@ -203,3 +203,20 @@ def alloc_and_profile(sim: SimProcess, app: str, mode: str, quick: bool) -> dict
             "top": profile["top"],
         },
     }
+
+
+def stage_breakdown(sim: SimProcess, quick: bool) -> dict[str, Any]:
+    """One socket in ctx_pool, tool loops whose continuation carries a 10 KB output for the
+    one pending call; p50 per stage inside the gateway (bench/stages.py)."""
+    tool = 'tool [[sim call exec_command {"cmd":"echo ok"}]]'
+    turns = 100 if quick else 400
+    with run_inproc("gateway", sim, "ctx_pool") as (url, control):
+        run_load(url, auth_headers(), Scenario("warm", 1, 10, tool, output_bytes=10_000))
+        control("stages_start")
+        run_load(url, auth_headers(), Scenario("stages", 1, turns, tool, output_bytes=10_000))
+        reply = control("stages_stop")
+    return {
+        "continuation": reply["continuation"],
+        "all": reply["all"],
+        "clock_read_ns": reply["clock_read_ns"],
+    }

@@ -1,13 +1,45 @@
-"""docs/benchmarks.md from a result dict: a summary against the SPEC §5 targets, then the
-detail per scenario, allocations, the ctx_pool profile, faults and pool acquire."""
+"""docs/benchmarks.md and the README's numbers block from a result dict: CPU per event
+against the independent floor, TTFT added over direct, the per-stage breakdown of a
+ctx_pool turn, the frame layer alone, then the detail per scenario, allocations, the
+profiles, faults and pool acquire."""
 
 from __future__ import annotations
 
 from typing import Any
 
-RELAYS = ("floor", "passthrough", "ctx_pool")
+from bench.report_detail import alloc_and_profile, faults_table, pool_table, scenario_tables
+
+RELAYS = ("floor", "own-client relay", "passthrough", "ctx_pool")
 GATEWAY_MODES = ("passthrough", "ctx_pool")
-SATURATING = ("text-c1", "text-c100", "stream200-c100", "20KB-c10", "toolloop-c100")
+CPU_ROWS = (
+    ("burst-c1", "1 socket, 100 x 300 B bursts"),
+    ("burst-c50", "50 sockets, 300 B bursts"),
+    ("20KB-c50", "50 sockets, 20 KB events"),
+    ("toolloop-c50", "50 sockets, tool loops (10 KB continuation)"),
+    ("paced-c50", "50 sockets paced (300 B, 10 ms apart)"),
+    ("paced-c200", "200 sockets paced (300 B, 10 ms apart)"),
+    ("turn-c1", "1 socket, one 100 B delta per turn"),
+)
+TTFT_ROWS = (("turn-c1", "1 socket"), ("paced-c50", "50 sockets"), ("paced-c200", "200 sockets"))
+STAGE_LABELS = {
+    "decode": "frame → request decoded",
+    "lookup": "state lookup",
+    "acquire": "pool acquire",
+    "stop_watch": "idle watcher stopped",
+    "normalize": "normalize",
+    "encode": "encode",
+    "upstream_write": "upstream write",
+    "pre_write": "**turn entry → upstream write (in-process)**",
+    "relay": "relay: first byte → terminal (includes the upstream's own time)",
+    "bind": "bind (state store) after the terminal",
+    "watch_idle": "idle watcher restarted",
+    "release": "lease release",
+    "turn": "whole turn",
+    "spans": "all span work in the turn (creation, enter, exit)",
+    "spans_calls": "spans entered per turn (count)",
+    "metrics": "all Prometheus work in the turn (labels, inc, observe)",
+    "metrics_calls": "Prometheus calls per turn (count)",
+}
 
 
 def fmt(value: Any, digits: int = 2) -> str:
@@ -37,262 +69,177 @@ def _verdict(value: float | None, limit: float, higher_is_better: bool = False) 
     return "ok" if ok else "**MISSED**"
 
 
-class _Summary:
-    def __init__(self) -> None:
-        self.lines = [
-            "## Summary against the SPEC §5 targets",
-            "",
-            "(x floor) for the relays' own CPU and allocations, (x direct) for latency and"
-            " throughput. *Worst CPU x floor* is the highest ratio over the saturating scenarios.",
-            "",
-            "| figure | floor | passthrough | ctx_pool | target | passthrough | ctx_pool |",
-            "|---|---:|---:|---:|---|---|---|",
-        ]
+def _relays(data: dict[str, Any]) -> list[str]:
+    seen = {label for row in data["scenarios"].values() for label in row}
+    return [r for r in RELAYS if r in seen]
 
-    def row(
-        self, name: str, cells: dict[str, str], target: str = "", verdicts: tuple[str, ...] = ()
-    ) -> None:
-        self.lines.append(
-            f"| {name} | "
-            + " | ".join(cells.get(r, "-") for r in RELAYS)
-            + f" | {target} | "
-            + " | ".join(verdicts or ("", ""))
+
+def cpu_table(data: dict[str, Any]) -> list[str]:
+    """CPU µs per relayed event, each relay as a multiple of the floor (target ≤ 1.2x)."""
+    sc = data["scenarios"]
+    others = [r for r in _relays(data) if r != "floor"]
+    lines = [
+        "| traffic | floor µs/event | " + " | ".join(f"{r} (x floor)" for r in others) + " |",
+        "|---|---:|" + "---:|" * len(others),
+    ]
+    for name, what in CPU_ROWS:
+        if name not in sc:
+            continue
+        cells = []
+        for r in others:
+            ratio = _get(sc, name, r, "x_floor", "cpu_us_per_event")
+            mark = "" if ratio is None or r not in GATEWAY_MODES or ratio <= 1.2 else " ✗"
+            cells.append(fmt(ratio) + mark)
+        floor = fmt(_get(sc, name, "floor", "cpu_us_per_event"), 1)
+        lines.append(f"| {what} (`{name}`) | {floor} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def ttft_table(data: dict[str, Any]) -> list[str]:
+    """TTFT added over direct (ms, p50) per response.create; the whole turn at 1 socket."""
+    sc = data["scenarios"]
+    relays = _relays(data)
+    lines = [
+        "| added over direct, p50 (ms) | " + " | ".join(relays) + " |",
+        "|---|" + "---:|" * len(relays),
+    ]
+    for name, what in TTFT_ROWS:
+        if name in sc:
+            lines.append(
+                f"| TTFT, {what} (`{name}`) | "
+                + " | ".join(fmt(_get(sc, name, r, "ttft_added_ms", "p50"), 3) for r in relays)
+                + " |"
+            )
+    if "turn-c1" in sc:
+        lines.append(
+            "| whole turn, 1 socket (`turn-c1`) | "
+            + " | ".join(fmt(_get(sc, "turn-c1", r, "turn_added_ms", "p50"), 3) for r in relays)
             + " |"
         )
+    return lines
 
 
-def summary(data: dict[str, Any]) -> list[str]:
-    sc = data["scenarios"]
-    out = _Summary()
-    for scenario, what in (
-        ("stream200-c100", "small events"),
-        ("text-c100", "short turns"),
-        ("20KB-c10", "20 KB events"),
-    ):
-        out.row(
-            f"CPU µs/event, {what} ({scenario})",
-            {
-                r: fmt(_get(sc, scenario, r, "cpu_us_per_event"), 1)
-                + _x(_get(sc, scenario, r, "x_floor", "cpu_us_per_event"))
-                for r in RELAYS
-            },
+def stage_table(data: dict[str, Any]) -> list[str]:
+    stages = data.get("stages")
+    if not stages:
+        return []
+    cont, every = stages["continuation"], stages["all"]
+    lines = [
+        "| stage | continuation turns, p50 µs | all turns, p50 µs |",
+        "|---|---:|---:|",
+    ]
+    for key, label in STAGE_LABELS.items():
+        lines.append(
+            f"| {label} | {fmt(_get(cont, 'p50_us', key), 1)} |"
+            f" {fmt(_get(every, 'p50_us', key), 1)} |"
         )
+    lines.append(f"| turns measured | {cont['turns']} | {every['turns']} |")
+    return lines
+
+
+def frame_table(data: dict[str, Any]) -> list[str]:
+    frames = data.get("frame_layer")
+    if not frames:
+        return []
+    lines = ["| client | CPU µs per frame |", "|---|---:|"]
+    for name, value in frames["client_cpu_us_per_frame"].items():
+        lines.append(f"| {name} | {fmt(value) if isinstance(value, float) else value} |")
+    for name, value in frames["parser_cpu_us_per_frame"].items():
+        lines.append(f"| parser alone: {name} | {fmt(value)} |")
+    return lines
+
+
+def targets(data: dict[str, Any]) -> list[str]:
+    sc = data["scenarios"]
+    out = [
+        "| target | passthrough | ctx_pool |",
+        "|---|---|---|",
+    ]
     worst = {
-        r: max(
+        m: max(
             (
                 v
-                for name in SATURATING
-                if (v := _get(sc, name, r, "x_floor", "cpu_us_per_event")) is not None
+                for name, _ in CPU_ROWS
+                if (v := _get(sc, name, m, "x_floor", "cpu_us_per_event")) is not None
             ),
             default=None,
         )
-        for r in RELAYS
+        for m in GATEWAY_MODES
     }
-    out.row(
-        "worst CPU x floor (saturating scenarios)",
-        {r: fmt(worst[r]) for r in RELAYS},
-        "≤ 1.5x",
-        tuple(_verdict(worst[m], 1.5) for m in GATEWAY_MODES),
+    out.append(
+        "| CPU per event ≤ 1.2x the floor in every row (worst row) | "
+        + " | ".join(f"{fmt(worst[m])} {_verdict(worst[m], 1.2)}" for m in GATEWAY_MODES)
+        + " |"
     )
-    p99 = {r: _get(sc, "paced-c1000", r, "added_ms", "p99") for r in RELAYS}
-    out.row(
-        "added latency P99 per event, 1,000 sockets (ms)",
-        {r: fmt(p99[r], 3) + _x(_get(sc, "paced-c1000", r, "x_direct", "lat_p99")) for r in RELAYS},
-        "< 1 ms",
-        tuple(_verdict(p99[m], 1.0) for m in GATEWAY_MODES),
-    )
-    for scenario, label in (("paced-c1000", "1,000"), ("paced-c100", "100"), ("paced-c1", "1")):
-        out.row(
-            f"added latency P50 / P95 / P99, {label} sockets (ms)",
-            {
-                r: " / ".join(
-                    fmt(_get(sc, scenario, r, "added_ms", q), 3) for q in ("p50", "p95", "p99")
-                )
-                for r in RELAYS
-            },
-        )
-    out.row(
-        "added TTFT P50 / P99, 100 sockets (ms)",
-        {
-            r: " / ".join(
-                fmt(_get(sc, "paced-c100", r, "ttft_added_ms", q), 3) for q in ("p50", "p99")
+    for name, what in TTFT_ROWS[:2]:
+        floor = _get(sc, name, "floor", "ttft_added_ms", "p50")
+        cells = []
+        for m in GATEWAY_MODES:
+            value = _get(sc, name, m, "ttft_added_ms", "p50")
+            limit = None if floor is None else floor + 0.1
+            cells.append(
+                f"{fmt(value, 3)} ms {_verdict(value, limit) if limit is not None else 'n/a'}"
             )
-            for r in RELAYS
-        },
-    )
-    for scenario, key, what in (
-        ("text-c100", "turns_per_s", "turns/s"),
-        ("stream200-c100", "events_per_s", "events/s"),
-    ):
-        out.row(
-            f"{what} at saturation ({scenario})",
-            {
-                r: fmt(_get(sc, scenario, r, key), 0)
-                + _x(_get(sc, scenario, r, "x_direct", "turns_per_s"))
-                for r in RELAYS
-            },
+        out.append(f"| TTFT added ≤ floor's + 0.1 ms, {what} | " + " | ".join(cells) + " |")
+        pt, cp = (_get(sc, name, m, "ttft_added_ms", "p50") for m in GATEWAY_MODES)
+        out.append(
+            f"| ctx_pool TTFT at or below passthrough, {what} | | "
+            + ("n/a" if pt is None or cp is None else ("ok" if cp <= pt else "**MISSED**"))
+            + " |"
         )
-    alloc = data.get("alloc", {})
-    for key, label in (
-        ("net_blocks_per_turn", "allocations retained per turn (tracemalloc blocks, net)"),
-        ("net_bytes_per_turn", "bytes retained per turn (net)"),
-        ("peak_bytes_per_turn_in_flight", "peak traced bytes per turn in flight"),
-    ):
-        base = _get(alloc, "floor", key)
-        cells = {}
-        for r in RELAYS:
-            value = _get(alloc, r, key)
-            ratio = value / base if value is not None and base and base > 0 else None
-            cells[r] = fmt(value, 1) + _x(ratio)
-        out.row(label, cells)
+    pre = _get(data, "stages", "continuation", "p50_us", "pre_write")
+    out.append(
+        "| turn entry → upstream write p50 ≤ 50 µs (10 KB continuation, one pending call) | | "
+        f"{fmt(pre, 1)} µs {_verdict(pre, 50.0)} |"
+    )
     faults = data.get("faults", {})
-    for key, label, target, limit, good_high in (
-        ("retry_attempts_per_turn", "faults: retry_attempts per turn", "≤ 1.2", 1.2, False),
-        ("retry_exhausted_pct", "faults: retry_exhausted %", "≤ 0.5 %", 0.5, False),
-        ("fallback_rate_pct", "faults: fallback_rate %", "", float("inf"), False),
-        (
-            "client_visible_failure_pct",
-            "faults: client-visible failures %",
-            "",
-            float("inf"),
-            False,
-        ),
-        ("pool_reuse_pct", "faults: pool reuse %", "≥ 75 %", 75.0, True),
+    for key, label, limit, good_high in (
+        ("retry_attempts_per_turn", "faults: retry attempts per turn ≤ 1.2", 1.2, False),
+        ("retry_exhausted_pct", "faults: retry_exhausted ≤ 0.5 %", 0.5, False),
+        ("pool_reuse_pct", "faults: pool reuse ≥ 75 %", 75.0, True),
     ):
-        values = {m: _get(faults, m, key) for m in GATEWAY_MODES}
-        out.row(
-            label,
-            {m: fmt(v, 3) for m, v in values.items()},
-            target,
-            tuple(_verdict(values[m], limit, good_high) for m in GATEWAY_MODES),
-        )
-    out.lines.append("")
-    return out.lines
-
-
-def scenario_tables(data: dict[str, Any]) -> list[str]:
-    lines = ["## Per scenario", ""]
-    for name, row in data["scenarios"].items():
-        lines += [
-            f"### {name}",
-            "",
-            "| path | events | CPU µs/event (x floor) | relay CPU % | load CPU % |"
-            " lat p50 / p95 / p99 (ms) | added p50 / p95 / p99 (ms) | TTFT p50 / p99 (ms) |"
-            " turns/s (x direct) | events/s | errors |",
-            "|---|---:|---:|---:|---:|---|---|---|---:|---:|---:|",
-        ]
-        for label, d in row.items():
-            lat, add, ttft = d["lat_ms"], d["added_ms"], d["ttft_ms"]
-            lines.append(
-                f"| {label} | {d['events']} | {fmt(d['cpu_us_per_event'], 1)}"
-                f"{_x(_get(d, 'x_floor', 'cpu_us_per_event'))} | "
-                f"{fmt(d.get('relay_cpu_util_pct'), 0)} | {fmt(d.get('load_cpu_util_pct'), 0)} | "
-                f"{fmt(lat['p50'], 3)} / {fmt(lat['p95'], 3)} / {fmt(lat['p99'], 3)} | "
-                f"{fmt(add['p50'], 3)} / {fmt(add['p95'], 3)} / {fmt(add['p99'], 3)} | "
-                f"{fmt(ttft['p50'])} / {fmt(ttft['p99'])} | {fmt(d['turns_per_s'], 1)}"
-                f"{_x(_get(d, 'x_direct', 'turns_per_s'))} | {fmt(d['events_per_s'], 0)} |"
-                f" {d['errors']} |"
+        out.append(
+            f"| {label} | "
+            + " | ".join(
+                f"{fmt(_get(faults, m, key), 3)} {_verdict(_get(faults, m, key), limit, good_high)}"
+                for m in GATEWAY_MODES
             )
-        lines.append("")
-    return lines
-
-
-def alloc_and_profile(data: dict[str, Any]) -> list[str]:
-    alloc = data.get("alloc")
-    if not alloc:
-        return []
-    lines = [
-        "## Allocations (tracemalloc in the in-process host, bench/inproc.py)",
-        "",
-        "10 sockets x short text turns (20 deltas); snapshots around the batch via the host's"
-        " control socket, after a gc. *Net* = still allocated after the batch (leak check);"
-        " *peak* = highest traced memory during the batch above the baseline, per turn in flight.",
-        "",
-        "| relay | turns | net blocks/turn | net bytes/turn | peak bytes/turn in flight |"
-        " largest retained sites |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for label, a in alloc.items():
-        sites = ", ".join(f"`{s['site']}` {s['bytes']:+,} B" for s in a["top_retained"][:3])
-        lines.append(
-            f"| {label} | {a['turns']} | {fmt(a['net_blocks_per_turn'], 1)} | "
-            f"{fmt(a['net_bytes_per_turn'], 0)} | {fmt(a['peak_bytes_per_turn_in_flight'], 0)} |"
-            f" {sites} |"
+            + " |"
         )
-    lines.append("")
-    for label in ("ctx_pool", "passthrough", "floor"):
-        prof = _get(alloc, label, "profile")
-        if not prof:
-            continue
+    return out
+
+
+def readme_block(data: dict[str, Any]) -> str:
+    """The README's numbers: generated by ``make bench``/``make bench-quick``, never edited."""
+    how = "make bench-quick" if data["quick"] else "make bench"
+    lines = [
+        f"Generated by `{how}` on {data['date']} at `{data['commit']}`, load average"
+        f" {fmt(data['machine'].get('load_avg_at_start'), 1)} on {data['machine']['cores']}"
+        " cores at the start (full tables: [docs/benchmarks.md](docs/benchmarks.md)).",
+        "",
+        "Relay CPU per event against the independent floor (`bench/floor_relay.py`:"
+        " Starlette/uvicorn/uvloop + the `websockets` client, no gateway code):",
+        "",
+        *cpu_table(data),
+        "",
+        *ttft_table(data),
+        "",
+    ]
+    pre = _get(data, "stages", "continuation", "p50_us", "pre_write")
+    if pre is not None:
         lines += [
-            f"### cProfile of the {label} relay process"
-            f" ({prof['turns']} turns, {prof['events']} events; own time)",
+            f"In-process cost of a 10 KB tool-loop continuation, turn entry → upstream write:"
+            f" **{pre:.1f} µs** p50 (`python -m bench --stages`).",
             "",
-            "| function | calls | own s | share |",
-            "|---|---:|---:|---:|",
         ]
-        for fn in prof["top"][:10]:
-            lines.append(
-                f"| `{fn['function']}` | {fn['calls']:,} | {fn['tottime_s']:.3f} |"
-                f" {fn['share_pct']:.1f} % |"
-            )
-        lines.append("")
-    return lines
-
-
-def faults_table(data: dict[str, Any]) -> list[str]:
-    faults = data.get("faults")
-    if not faults:
-        return []
-    lines = [
-        "## Fault injection",
-        "",
-        "5% of upstream dials refused with 503, 2% of streams closed 1011 before their first"
-        " event (seeded probabilities in the simulator); 20 clients reconnecting every 5 turns."
-        " Figures from the gateway's GET /metrics.",
-        "",
-        "| figure | passthrough | ctx_pool |",
-        "|---|---:|---:|",
-    ]
-    for key in (
-        "turns",
-        "turns_completed",
-        "client_turns_ok",
-        "retry_attempts_per_turn",
-        "retry_exhausted_pct",
-        "fallback_rate_pct",
-        "pool_reuse_pct",
-        "client_errors",
-        "client_connect_failures",
-        "client_visible_failure_pct",
-        "upstream_dials",
-        "pool_reuse_source",
-        "faults_fired",
-    ):
-        lines.append(
-            f"| {key} | " + " | ".join(fmt(_get(faults, m, key), 3) for m in GATEWAY_MODES) + " |"
-        )
-    lines.append("")
-    return lines
-
-
-def pool_table(data: dict[str, Any]) -> list[str]:
-    rows = data.get("pool_acquire") or []
-    if not rows or "error" in rows[0]:
-        return ["## Pool acquire", "", f"not measured: {rows[0]['error'] if rows else '-'}", ""]
-    lines = [
-        "## Pool acquire + release (bench/pool_bench.py, ns, p50)",
-        "",
-        "| idle conns | any | preferred |",
-        "|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {int(r['size']):,} | {r['acquire_release_ns_p50']:,.0f} |"
-            f" {r['preferred_ns_p50']:,.0f} |"
-        )
-    ratio = rows[-1]["acquire_release_ns_p50"] / rows[0]["acquire_release_ns_p50"]
-    return [*lines, "", f"10k/10 ratio: {ratio:.2f} (target ≤ 2)", ""]
+    frames = _get(data, "frame_layer", "client_cpu_us_per_frame") or {}
+    shown = [f"{k} {v:.2f}" for k, v in frames.items() if isinstance(v, float)]
+    if shown:
+        lines += [
+            "Upstream frame layer alone, client CPU µs per ~400 B frame"
+            " (`python -m bench.frame_layer`): " + "; ".join(shown) + ".",
+        ]
+    return "\n".join(lines)
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -304,25 +251,63 @@ def markdown(data: dict[str, Any]) -> str:
         f"Produced by `{how}` on {data['date']} at commit `{data['commit']}` in"
         f" {data.get('elapsed_s', '-')} s (JSON in `bench/results/`; compare two runs with"
         " `.venv/bin/python -m bench.compare OLD.json NEW.json`). Machine: "
-        f"{m['cores']} cores ({m.get('cpu_model', '-')}), Python {m['python']}, {m['platform']}; "
+        f"{m['cores']} cores ({m.get('cpu_model', '-')}), 1-minute load average"
+        f" {fmt(m.get('load_avg_at_start'), 1)} at the start, Python {m['python']}, {m['platform']}; "
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + ".",
         "",
-        "Method: the same scripted Responses-WebSocket traffic four ways: direct to the"
-        " simulator; through the floor (bench/floor_relay.py: the same uvicorn/uvloop/"
-        "websockets-sansio stack and the gateway's own upstream client, frames copied with no"
-        " parsing); through the gateway in `passthrough`; in `ctx_pool`. Relays are pinned to"
-        f" CPU {m.get('relay_cpu', 0)}; the simulator and the load generator (its own process)"
-        f" to CPU {m.get('load_cpu', 1)}. Latency per event = client receive time minus the"
-        " simulator's `sim_t_ns` stamp; *added* = through-path percentile minus the direct"
-        " percentile on the same scripted events (slightly negative = noise). CPU per event ="
+        "Method: the same scripted Responses-WebSocket traffic through every relay: direct to"
+        " the simulator; through the **floor** (`bench/floor_relay.py`, sharing no code with"
+        " the gateway: Starlette + uvicorn + uvloop ingress with the gateway's uvicorn"
+        " settings, the `websockets` asyncio client upstream, frames copied both ways with no"
+        " parsing); in full runs the *own-client relay* (the floor's ingress on the gateway's"
+        " upstream client, pricing that client alone); the gateway in `passthrough`; in"
+        f" `ctx_pool`. Relays are pinned to CPU {m.get('relay_cpu', 0)}; the simulator and the"
+        f" load generator (its own process) to CPU {m.get('load_cpu', 1)}. CPU per event ="
         " relay process CPU time (/proc/<pid>/schedstat) over the run / events relayed."
-        " *relay CPU %* near 100 = the relay was the bottleneck; *load CPU %* near 100 = the"
-        " simulator + clients were. Paced scenarios: every socket warmed, then streams staggered"
-        " evenly in phase (1,000 sockets: one event per socket every 500 ms = 2,000 events/s).",
+        " Latency per event = client receive time minus the simulator's `sim_t_ns` stamp;"
+        " *added* = through-path percentile minus the direct percentile on the same scripted"
+        " events (slightly negative = noise). TTFT = first event minus the client's send of"
+        " `response.create`. Paced scenarios: every socket warmed, then streams of 300 B"
+        " deltas 10 ms apart, staggered evenly in phase.",
+        "",
+        "## CPU per relayed event against the floor (target ≤ 1.2x; ✗ = above)",
+        "",
+        *cpu_table(data),
+        "",
+        "## Time to first token and whole turn, added over direct",
+        "",
+        *ttft_table(data),
+        "",
+        "## Targets",
+        "",
+        *targets(data),
         "",
     ]
-    lines += summary(data)
+    if data.get("stages"):
+        lines += [
+            "## One ctx_pool turn inside the gateway, per stage (bench/stages.py)",
+            "",
+            "1 socket, tool loops whose continuation carries a 10 KB `function_call_output`"
+            " for the one pending call; wall-clock p50 per stage in the in-process host"
+            " (a stage absent from a turn is not counted). Each timed stage reads the clock"
+            f" twice; one read cost {fmt(_get(data, 'stages', 'clock_read_ns'), 0)} ns here,"
+            " included in the figures.",
+            "",
+            *stage_table(data),
+            "",
+        ]
+    if data.get("frame_layer"):
+        lines += [
+            "## Upstream frame layer alone (bench/frame_layer.py)",
+            "",
+            f"{data['frame_layer']['frames']:,} text frames of"
+            f" {data['frame_layer']['frame_bytes']} B from a server process on the other core;"
+            " client CPU time per frame, received through a `recv()` coroutine.",
+            "",
+            *frame_table(data),
+            "",
+        ]
     lines += scenario_tables(data)
     lines += alloc_and_profile(data)
     lines += faults_table(data)
