@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -13,13 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gateway.auth import ClientIdentity
 from gateway.config import Config, load_config
 from gateway.context import GatewayContext
 from gateway.events import error_json
 from gateway.forward.ctx_pool import CtxPoolForwarder
 from gateway.forward.passthrough import PassthroughForwarder
 from gateway.http_ingress import http_responses
-from gateway.logs import setup_logging
+from gateway.logs import bind_log_fields, reset_log_fields, setup_logging, startup_summary
 from gateway.session import ClientSession, Forwarder
 from gateway.upstream.headers import session_key
 from gateway.upstream.ws import HandshakeRejected
@@ -57,17 +59,45 @@ def _dial_failure_response(exc: Exception) -> Response:
     )
 
 
+def _log_denial(websocket: WebSocket, status: int, reason: str, **fields: object) -> None:
+    client = websocket.client
+    log.info(
+        "handshake denied: %s",
+        reason,
+        extra={
+            "event": "handshake_denied",
+            "status": status,
+            "reason": reason,
+            "remote": client.host if client else "",
+            **fields,
+        },
+    )
+
+
 class Gateway:
     def __init__(self, cfg: Config, *, span_exporter: SpanExporter | None = None) -> None:
         self.ctx = GatewayContext(cfg, span_exporter=span_exporter)
 
     async def ws_endpoint(self, websocket: WebSocket) -> None:
+        headers = {k.lower(): v for k, v in websocket.headers.items()}
+        token = bind_log_fields(session=session_key(headers))
+        try:
+            await self._serve_ws(websocket, headers)
+        finally:
+            reset_log_fields(token)
+
+    async def _serve_ws(self, websocket: WebSocket, headers: dict[str, str]) -> None:
         ctx = self.ctx
         metrics = ctx.metrics
-        headers = {k.lower(): v for k, v in websocket.headers.items()}
         identity = ctx.directory.authenticate(headers.get("authorization"))
         if identity is None:
             metrics.handshakes.labels("unauthorized").inc()
+            _log_denial(
+                websocket,
+                401,
+                "unauthorized",
+                auth_header="present" if headers.get("authorization") else "missing",
+            )
             await websocket.send_denial_response(
                 _json_error(
                     401,
@@ -77,8 +107,20 @@ class Gateway:
                 )
             )
             return
+        token = bind_log_fields(client=identity.name, client_key=identity.key_id)
+        try:
+            await self._serve_client(websocket, headers, identity)
+        finally:
+            reset_log_fields(token)
+
+    async def _serve_client(
+        self, websocket: WebSocket, headers: dict[str, str], identity: ClientIdentity
+    ) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
         if ctx.draining:
             metrics.handshakes.labels("draining").inc()
+            _log_denial(websocket, 503, "draining")
             await websocket.send_denial_response(
                 _json_error(
                     503, "server_shutting_down", "this instance is draining", "server_error"
@@ -88,6 +130,7 @@ class Gateway:
         if not ctx.ws_servable(identity.group):
             # Codex falls back to HTTP at once on 426 instead of retrying (PROTOCOL §6).
             metrics.handshakes.labels("upgrade_required").inc()
+            _log_denial(websocket, 426, ctx.ws_unavailable_reason(identity.group))
             await websocket.send_denial_response(
                 _json_error(
                     426,
@@ -102,6 +145,8 @@ class Gateway:
         if ctx.cfg.openai_ws.mode == "passthrough":
             account = ctx.pick_account(identity.group)
             if account is None:
+                metrics.handshakes.labels("no_account").inc()
+                _log_denial(websocket, 503, "no_account")
                 await websocket.send_denial_response(
                     _json_error(
                         503,
@@ -115,6 +160,7 @@ class Gateway:
                 pt = await PassthroughForwarder.open(ctx, account, headers)
             except (DialFailed, PoolError) as exc:
                 metrics.handshakes.labels("upstream_failed").inc()
+                _log_denial(websocket, 503, "upstream_failed", account=account.id, error=str(exc))
                 await websocket.send_denial_response(_dial_failure_response(exc))
                 return
             turn_state = headers.get("x-codex-turn-state") or pt.upstream_turn_state
@@ -174,20 +220,27 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         self.ctx.refresh_gauges()
-        return Response(
-            self.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        body, content_type = self.ctx.metrics.render_exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         await self.ctx.start()
+        log.info(
+            "gateway started",
+            extra={
+                "event": "startup",
+                "worker": self.ctx.worker_id,
+                **startup_summary(self.ctx.cfg),
+            },
+        )
         try:
             yield
         finally:
             await self.ctx.aclose()
 
     async def drain(self, timeout: float, close_code: int) -> None:
-        """R-26: refuse new sockets and turns, let turns finish, then close clients.
+        """Refuse new sockets and turns, let turns finish, then close clients.
 
         Idle client sockets are closed at once, so clients reconnect (through the load
         balancer, to another instance) before their next turn; a socket with a turn in
@@ -217,8 +270,9 @@ def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Star
     routes += [
         Route("/healthz", gateway.healthz),
         Route("/readyz", gateway.readyz),
-        Route("/metrics", gateway.metrics),
     ]
+    if cfg.telemetry.metrics_enabled:
+        routes.append(Route("/metrics", gateway.metrics))
     app = Starlette(routes=routes, lifespan=gateway.lifespan)
     app.state.gateway = gateway
     return app
@@ -227,5 +281,6 @@ def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Star
 def create_app(config: Config | None = None) -> Starlette:
     """The uvicorn factory; reads GATEWAY_CONFIG when no config is given."""
     cfg = config or load_config()
-    setup_logging(cfg.telemetry.log_level, cfg.telemetry.log_format)
+    level = os.environ.get("GATEWAY_LOG_LEVEL") or cfg.telemetry.log_level
+    setup_logging(level, cfg.telemetry.log_format)
     return build_app(cfg)

@@ -67,7 +67,7 @@ async def http_responses(ctx: GatewayContext, request: Request) -> Response:
         return _error(502, "upstream_unavailable", f"HTTP upstream failed: {exc}", "server_error")
     out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE_HEADERS if k in upstream.headers}
     out_headers["x-gateway-instance"] = ctx.instance_id
-    ctx.metrics.fallbacks.labels("client_http").inc()
+    ctx.metrics.http_requests.inc()
     return StreamingResponse(
         upstream.aiter_raw(),
         status_code=upstream.status_code,

@@ -25,6 +25,7 @@ from gateway.config import Account
 from gateway.context import GatewayContext
 from gateway.events import error_event
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
+from gateway.logs import log_turn
 from gateway.recovery import (
     Action,
     Failure,
@@ -125,8 +126,10 @@ class CtxPoolForwarder:
     async def run_turn(self, frame: str, sink: ClientSink) -> None:
         with self.ctx.tracing.turn_span("chat", self.trace_parent) as span:
             self.facts = facts = TurnFacts()
+            started = time.perf_counter()
             outcome = await self._run_turn(frame, sink)
             self.ctx.metrics.turns.labels(MODE, outcome).inc()
+            log_turn(MODE, outcome, facts, started)
             if span.is_recording():
                 self._annotate(span, facts, outcome)
 

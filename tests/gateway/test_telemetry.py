@@ -88,7 +88,7 @@ async def serve(sim: SimProcess, **overrides: dict[str, object]) -> AsyncIterato
 def spans_by_trace(exporter: InMemorySpanExporter) -> list[tuple[Any, list[str]]]:
     """Each turn span with the names of its descendants."""
     spans = exporter.get_finished_spans()
-    turns = [s for s in spans if s.name == "chat"]
+    turns = [s for s in spans if (s.attributes or {}).get("gen_ai.operation.name") == "chat"]
     out = []
     for root in turns:
         children = [
@@ -117,7 +117,10 @@ async def test_normal_turn_has_one_span_with_genai_attributes_and_children(sim: 
     async with serve(sim) as gw:
         ws = await open_ws(
             gw.ws_url,
-            auth_headers(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            auth_headers(
+                traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                session_id="sess-trace-1",
+            ),
         )
         try:
             events = await turn(ws, create("hello [[sim deltas=4]]"))
@@ -125,7 +128,11 @@ async def test_normal_turn_has_one_span_with_genai_attributes_and_children(sim: 
             await ws.close()
     [(span, children)] = spans_by_trace(gw.exporter)
     attrs = dict(span.attributes or {})
+    assert span.name == "chat gpt-test"  # {operation} {model}
     assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "openai" and "gen_ai.system" not in attrs
+    assert attrs["gen_ai.conversation.id"] == "sess-trace-1"
+    assert "error.type" not in attrs
     assert attrs["gen_ai.request.model"] == "gpt-test"
     assert attrs["gen_ai.response.id"] == response_id(events)
     assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
