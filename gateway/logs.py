@@ -29,6 +29,7 @@ _STD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys(
     "asctime",
     # uvicorn duplicates its message with ANSI colour codes for its own formatter.
     "color_message",
+    "log_context",
 }
 _encoder = msgspec.json.Encoder()
 _NO_FIELDS: Mapping[str, object] = MappingProxyType({})
@@ -62,6 +63,25 @@ def current_log_fields() -> Mapping[str, object]:
     return _log_fields.get()
 
 
+def _install_record_factory() -> None:
+    """Stamp each record with the context's fields when it is created (in the caller's
+    task), so handlers that format later (or elsewhere) still see them."""
+    base = logging.getLogRecordFactory()
+    if getattr(base, "_gateway_context", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        record.log_context = _log_fields.get()
+        return record
+
+    factory._gateway_context = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_record_factory()
+
+
 def _plain(value: object) -> object:
     if isinstance(value, str | int | float | bool | type(None)):
         return value
@@ -74,7 +94,8 @@ def _plain(value: object) -> object:
 
 def record_fields(record: logging.LogRecord) -> dict[str, object]:
     """Context fields, then the record's own ``extra`` fields (which win)."""
-    out: dict[str, object] = {k: _plain(v) for k, v in _log_fields.get().items()}
+    context: Mapping[str, object] = getattr(record, "log_context", _NO_FIELDS)
+    out: dict[str, object] = {k: _plain(v) for k, v in context.items()}
     for key, value in record.__dict__.items():
         if key not in _STD_ATTRS and not key.startswith("_"):
             out[key] = _plain(value)
