@@ -198,8 +198,11 @@ class TurnLogFacts:
     drained: bool = False
 
 
-def log_turn(mode: str, outcome: str, facts: TurnFactsView, started: float) -> None:
-    """Write the turn's one line; ``started`` is its ``time.perf_counter()`` at the start."""
+def log_turn(
+    mode: str, outcome: str, facts: TurnFactsView, started: float, conn: str | None = None
+) -> None:
+    """Write the turn's one line; ``started`` is its ``time.perf_counter()`` at the start,
+    ``conn`` the upstream connection id that served it (if any)."""
     if not log.isEnabledFor(logging.INFO):
         return
     tracker = facts.tracker
@@ -208,6 +211,7 @@ def log_turn(mode: str, outcome: str, facts: TurnFactsView, started: float) -> N
         "mode": mode,
         "outcome": outcome,
         "account": facts.account_id,
+        "conn": conn or "",
         "retries": facts.retries,
         "recovery": facts.recovery,
         "fallback": facts.fallback,

@@ -129,7 +129,7 @@ class CtxPoolForwarder:
             started = time.perf_counter()
             outcome = await self._run_turn(frame, sink)
             self.ctx.metrics.turns.labels(MODE, outcome).inc()
-            log_turn(MODE, outcome, facts, started)
+            log_turn(MODE, outcome, facts, started, self.last_conn_id)
             if span.is_recording():
                 self._annotate(span, facts, outcome)
 

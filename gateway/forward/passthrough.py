@@ -62,12 +62,8 @@ class PassthroughForwarder:
             tracker = TurnTracker()
             await self._run_turn(frame, sink, tracker)
             outcome = tracker.outcome.value if tracker.outcome else "upstream_lost"
-            log_turn(
-                MODE,
-                outcome,
-                TurnLogFacts(self.account.id, tracker, drained=sink.gone),
-                tracker.started_at,
-            )
+            facts = TurnLogFacts(self.account.id, tracker, drained=sink.gone)
+            log_turn(MODE, outcome, facts, tracker.started_at, self.conn.conn_id)
             if span.is_recording():
                 span.set_attribute("gateway.instance", self.ctx.instance_id)
                 span.set_attribute("gateway.mode", MODE)
