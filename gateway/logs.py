@@ -234,6 +234,50 @@ def log_turn(
     log.info("turn %s", outcome, extra=fields)
 
 
+# -- HTTP requests -----------------------------------------------------------------------------
+class _HttpRequestView(Protocol):
+    @property
+    def client(self) -> object: ...
+    @property
+    def state(self) -> object: ...
+
+
+class _HttpResponseView(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+
+def log_http_request(
+    request: _HttpRequestView, response: _HttpResponseView, started: float
+) -> None:
+    """One line per ``POST /v1/responses``: relayed upstream (with its status) or refused
+    by the gateway (with the error code it answered)."""
+    fields: dict[str, object] = {
+        "event": "http_request",
+        "status": response.status_code,
+        "account": getattr(request.state, "account", ""),
+        "remote": getattr(request.client, "host", ""),
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+    }
+    body = getattr(response, "body", None)  # a streamed (relayed) response has none
+    if isinstance(body, bytes) and response.status_code >= 400:
+        try:
+            error = msgspec.json.decode(body, type=_ErrorEnvelope).error
+            fields["error_code"] = error.code or ""
+        except msgspec.MsgspecError:
+            fields["error_code"] = ""
+    fields["outcome"] = "relayed" if body is None else "refused"
+    log.info("http request %s", response.status_code, extra=fields)
+
+
+class _ErrorBody(msgspec.Struct):
+    code: str | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorBody
+
+
 # -- startup summary -----------------------------------------------------------------------
 def redact_url(url: str) -> str:
     """The URL without its password (``redis://user:***@host``)."""

@@ -130,3 +130,39 @@ def test_after_start_and_one_turn_every_alert_series_exists(sim: SimProcess) -> 
     assert 'state="total"' not in metrics
     assert "process_resident_memory_bytes" in metrics and "python_info" in metrics
     assert re.search(r'gateway_build_info\{python="[\d.]+",version="[^"]+"\} 1\.0', metrics)
+
+
+def _log_lines(gateway: GatewayProcess, event: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for raw in gateway.proc.output().splitlines()
+        if raw.startswith("{") and (line := json.loads(raw)).get("event") == event
+    ]
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_denied_handshake_names_the_forwarded_client_only_when_trusted(
+    sim: SimProcess, trusted: bool
+) -> None:
+    overrides: dict[str, dict[str, object]] = {"server": {"trust_forwarded_headers": trusted}}
+    with run_gateway(gateway_config(sim.base_url, overrides=overrides)) as gw:
+        reply = httpx.get(
+            f"{gw.http_url}/v1/responses",
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Authorization": "Bearer wrong",
+                "X-Forwarded-For": "203.0.113.7",
+            },
+            timeout=10,
+        )
+        assert reply.status_code == 401
+        deadline = time.monotonic() + 10
+        while not (lines := _log_lines(gw, "handshake_denied")):
+            assert time.monotonic() < deadline, gw.proc.output()
+            time.sleep(0.02)
+    (line,) = lines
+    assert line["reason"] == "unauthorized" and line["status"] == 401
+    assert line["remote"] == ("203.0.113.7" if trusted else "127.0.0.1")

@@ -371,3 +371,58 @@ async def test_a_failed_turn_writes_its_outcome_and_error(
     assert line["error_code"] == "invalid_prompt"
     [(span, _)] = spans_by_trace(gw.exporter)
     assert dict(span.attributes or {})["error.type"] == line["outcome"]
+
+
+async def test_http_requests_write_one_line_each_and_are_not_fallbacks(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = {"model": "gpt-test", "input": "hi", "stream": False}
+    async with serve(sim) as gw:
+        before = await gw.metrics()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.port}") as client:
+            refused = await client.post("/v1/responses", json=body)
+            relayed = await client.post(
+                "/v1/responses", json=body, headers=auth_headers(session_id="sess-http")
+            )
+        after = await gw.metrics()
+    assert refused.status_code == 401 and relayed.status_code == 200
+    first, second = (fields(r) for r in records(caplog, "http_request"))
+    assert first["status"] == 401 and first["outcome"] == "refused"
+    assert first["error_code"] == "invalid_api_key"
+    assert second["status"] == 200 and second["outcome"] == "relayed"
+    assert second["account"] == "acct-a" and second["session"] == "sess-http"
+    assert (
+        value(after, "gateway_http_requests_total") - value(before, "gateway_http_requests_total")
+        == 1
+    )
+    fallbacks = [
+        line for line in after.splitlines() if line.startswith("gateway_http_fallbacks_total")
+    ]
+    assert fallbacks and all(line.endswith(" 0.0") for line in fallbacks)
+
+
+async def test_metrics_endpoint_can_be_switched_off(sim: SimProcess) -> None:
+    async with serve(sim, telemetry={"metrics_enabled": False}) as gw:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.port}") as client:
+            assert (await client.get("/metrics")).status_code == 404
+            assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_series_exist_before_traffic(sim: SimProcess) -> None:
+    async with serve(sim) as gw:
+        metrics = await gw.metrics()
+    for series in (
+        'gateway_turns_total{mode="ctx_pool",outcome="completed"} 0.0',
+        'gateway_turns_total{mode="ctx_pool",outcome="retry_exhausted"} 0.0',
+        'gateway_http_fallbacks_total{reason="closed_policy"} 0.0',
+        'gateway_retry_attempts_total{reason="dial_error"} 0.0',
+        'gateway_handshakes_total{result="unauthorized"} 0.0',
+        'gateway_statestore_errors_total{op="bind"} 0.0',
+        'gateway_pool_connections{account="acct-a",state="idle"} 0.0',
+        'gateway_pool_acquires_total{account="acct-a",kind="dialed"} 0.0',
+        'gateway_ttft_seconds_count{mode="ctx_pool"} 0.0',
+    ):
+        assert series in metrics, series
+    assert 'state="total"' not in metrics
+    assert "process_resident_memory_bytes" in metrics
