@@ -74,7 +74,7 @@ test-min: system-deps
 	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PYTHON) deploy/floors.py pyproject.toml > $(MIN_VENV)/floors.txt
 	$(MIN_VENV)/bin/python -m pip install -q -c $(MIN_VENV)/floors.txt -e '.[test]'
-	$(MIN_VENV)/bin/python -m pip list --format=freeze | grep -i -E "^($$(cut -d= -f1 $(MIN_VENV)/floors.txt | paste -sd'|'))=="
+	$(MIN_VENV)/bin/python -m pip list --format=freeze | grep -i -E "^($$(cut -d= -f1 $(MIN_VENV)/floors.txt | sed 's/[-_]/[-_]/g' | paste -sd'|'))=="
 	$(MIN_VENV)/bin/python -m pytest -n 2 -p no:cacheprovider $(MIN_TESTS)
 
 bench: $(STAMP)

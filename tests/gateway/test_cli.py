@@ -111,3 +111,23 @@ def test_environment_defaults() -> None:
 def test_print_example_config_is_the_packaged_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--print-example-config"], env={}) == 0
     assert capsys.readouterr().out == (REPO_ROOT / "gateway" / "example.toml").read_text()
+
+
+def test_log_level_option_reaches_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from gateway.app import create_app
+    from gateway.config import parse_config
+
+    cfg = parse_config(GOOD, env={})
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        monkeypatch.setenv("GATEWAY_LOG_LEVEL", "warning")
+        create_app(cfg)
+        assert root.level == logging.WARNING
+        monkeypatch.delenv("GATEWAY_LOG_LEVEL")
+        create_app(cfg)
+        assert root.level == logging.INFO  # the config's telemetry.log_level
+    finally:
+        root.handlers[:], root.level = saved
