@@ -358,3 +358,15 @@ def test_packaged_example_is_the_default_without_a_path(monkeypatch: pytest.Monk
     monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
     assert load_config() == load_config(EXAMPLE)
     assert EXAMPLE.read_bytes() == example_config_text()
+
+
+def test_the_example_config_is_package_data() -> None:
+    """The wheel carries the example (the default config), not only the repository."""
+    import tomllib
+
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    assert "example.toml" in pyproject["tool"]["setuptools"]["package-data"]["gateway"]
+    assert (REPO_ROOT / "gateway" / "example.toml").is_file()
+    assert (REPO_ROOT / "deploy" / "gateway.example.toml").resolve() == (
+        REPO_ROOT / "gateway" / "example.toml"
+    ).resolve()
