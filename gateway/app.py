@@ -128,7 +128,7 @@ class Gateway:
             )
             return
         if not ctx.ws_servable(identity.group):
-            # Codex falls back to HTTP at once on 426 instead of retrying (PROTOCOL §6).
+            # Codex falls back to HTTP at once on 426 instead of retrying.
             metrics.handshakes.labels("upgrade_required").inc()
             _log_denial(websocket, 426, ctx.ws_unavailable_reason(identity.group))
             await websocket.send_denial_response(

@@ -105,7 +105,7 @@ class GatewayContext:
         self.active: dict[str, int] = defaultdict(int)  # account -> turns/sockets in use
         self._cooldown_until: dict[str, float] = {}
         # Which response each upstream socket holds in its connection-local cache: with
-        # store:false only that one can be continued on that socket (PROTOCOL §5).
+        # store:false only that one can be continued on that socket.
         self._conn_holds: dict[str, str] = {}
         self.draining = False
 

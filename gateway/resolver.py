@@ -1,4 +1,4 @@
-"""Protocol resolver (R-17): WebSocket or HTTP for one account and request. Pure."""
+"""Protocol resolver: WebSocket or HTTP for one account and request. Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gateway.resolver: WebSocket or HTTP per account and request (R-17), in the reference's order."""
+"""gateway.resolver: WebSocket or HTTP per account and request, in the reference's order."""
 
 from __future__ import annotations
 
