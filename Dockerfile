@@ -8,7 +8,7 @@ COPY normalizer ./normalizer
 COPY pool ./pool
 COPY statestore ./statestore
 RUN pip install . && useradd --system --uid 10001 --no-create-home gateway
-COPY deploy/gateway.example.toml /etc/gateway/gateway.toml
+COPY gateway/example.toml /etc/gateway/gateway.toml
 USER 10001
 EXPOSE 8080
 STOPSIGNAL SIGTERM

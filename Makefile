@@ -10,7 +10,10 @@ GATEWAY_CONFIG ?= deploy/gateway.example.toml
 PYTEST_ARGS ?=
 SIM_PORT ?= 9090
 
-.PHONY: run test lint fmt typecheck pytest sim system-deps venv bench bench-quick cluster codex-deps clean
+MIN_VENV := .venv-min
+MIN_TESTS ?= tests/gateway tests/normalizer tests/pool tests/statestore tests/deploy tests/e2e/test_ctx_pool.py tests/e2e/test_passthrough.py tests/e2e/test_operability.py
+
+.PHONY: run test test-min lint fmt typecheck pytest sim system-deps venv bench bench-quick cluster codex-deps clean check-config
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,19 +23,25 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## system-deps: redis-server and nginx from Debian when missing (the suite starts its own instances).
+## system-deps: redis-server, nginx and promtool (Debian's prometheus) when missing (the
+## suite starts its own redis/nginx; promtool checks the shipped alert rules).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
 run: $(STAMP)
 	GATEWAY_CONFIG=$(GATEWAY_CONFIG) $(PY) -m gateway --config $(GATEWAY_CONFIG) --host $(HOST) --port $(PORT)
+
+## check-config: validate GATEWAY_CONFIG (and its *_env secrets) without starting.
+check-config: $(STAMP)
+	$(PY) -m gateway --config $(GATEWAY_CONFIG) --check-config
 
 sim: $(STAMP)
 	$(PY) -m sim --host $(HOST) --port $(SIM_PORT)
@@ -59,6 +68,16 @@ pytest: $(STAMP) system-deps codex-deps
 test: $(STAMP) system-deps lint typecheck pytest
 	$(PY) -m coverage report --include='normalizer/*' --fail-under=95
 
+## test-min: the runtime dependency floors of pyproject.toml, installed exactly, under the
+## tests that exercise them (a separate venv, so the normal one keeps current versions).
+test-min: system-deps
+	@test -x $(MIN_VENV)/bin/python || $(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PYTHON) deploy/floors.py pyproject.toml > $(MIN_VENV)/floors.txt
+	$(MIN_VENV)/bin/python -m pip install -q -c $(MIN_VENV)/floors.txt -e '.[test]'
+	$(MIN_VENV)/bin/python -m pip list --format=freeze | grep -i -E "^($$(cut -d= -f1 $(MIN_VENV)/floors.txt | sed 's/[-_]/[-_]/g' | paste -sd'|'))=="
+	$(MIN_VENV)/bin/python -m pytest -n 2 -p no:cacheprovider $(MIN_TESTS)
+
 bench: $(STAMP)
 	$(PY) -m bench --full
 
@@ -69,4 +88,4 @@ cluster: $(STAMP) system-deps
 	bash deploy/local-cluster.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .cache
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .cache

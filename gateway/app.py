@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gateway.auth import ClientIdentity
 from gateway.config import Config, load_config
 from gateway.context import GatewayContext
 from gateway.drain import SignalDrain
@@ -21,7 +23,7 @@ from gateway.events import error_json
 from gateway.forward.ctx_pool import CtxPoolForwarder
 from gateway.forward.passthrough import PassthroughForwarder
 from gateway.http_ingress import http_responses
-from gateway.logs import setup_logging
+from gateway.logs import bind_log_fields, reset_log_fields, setup_logging, startup_summary
 from gateway.session import ClientSession, Forwarder
 from gateway.upstream.headers import session_key
 from gateway.upstream.ws import HandshakeRejected
@@ -59,6 +61,21 @@ def _dial_failure_response(exc: Exception) -> Response:
     )
 
 
+def _log_denial(websocket: WebSocket, status: int, reason: str, **fields: object) -> None:
+    client = websocket.client
+    log.info(
+        "handshake denied: %s",
+        reason,
+        extra={
+            "event": "handshake_denied",
+            "status": status,
+            "reason": reason,
+            "remote": client.host if client else "",
+            **fields,
+        },
+    )
+
+
 class Gateway:
     def __init__(
         self,
@@ -73,12 +90,25 @@ class Gateway:
         )
 
     async def ws_endpoint(self, websocket: WebSocket) -> None:
+        headers = {k.lower(): v for k, v in websocket.headers.items()}
+        token = bind_log_fields(session=session_key(headers))
+        try:
+            await self._serve_ws(websocket, headers)
+        finally:
+            reset_log_fields(token)
+
+    async def _serve_ws(self, websocket: WebSocket, headers: dict[str, str]) -> None:
         ctx = self.ctx
         metrics = ctx.metrics
-        headers = {k.lower(): v for k, v in websocket.headers.items()}
         identity = ctx.directory.authenticate(headers.get("authorization"))
         if identity is None:
             metrics.handshakes.labels("unauthorized").inc()
+            _log_denial(
+                websocket,
+                401,
+                "unauthorized",
+                auth_header="present" if headers.get("authorization") else "missing",
+            )
             await websocket.send_denial_response(
                 _json_error(
                     401,
@@ -88,8 +118,20 @@ class Gateway:
                 )
             )
             return
+        token = bind_log_fields(client=identity.name, client_key=identity.key_id)
+        try:
+            await self._serve_client(websocket, headers, identity)
+        finally:
+            reset_log_fields(token)
+
+    async def _serve_client(
+        self, websocket: WebSocket, headers: dict[str, str], identity: ClientIdentity
+    ) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
         if ctx.draining:
             metrics.handshakes.labels("draining").inc()
+            _log_denial(websocket, 503, "draining")
             await websocket.send_denial_response(
                 _json_error(
                     503, "server_shutting_down", "this instance is draining", "server_error"
@@ -97,8 +139,9 @@ class Gateway:
             )
             return
         if not ctx.ws_servable(identity.group):
-            # Codex falls back to HTTP at once on 426 instead of retrying (PROTOCOL §6).
+            # Codex falls back to HTTP at once on 426 instead of retrying.
             metrics.handshakes.labels("upgrade_required").inc()
+            _log_denial(websocket, 426, ctx.ws_unavailable_reason(identity.group))
             await websocket.send_denial_response(
                 _json_error(
                     426,
@@ -113,6 +156,8 @@ class Gateway:
         if ctx.cfg.openai_ws.mode == "passthrough":
             account = ctx.pick_account(identity.group)
             if account is None:
+                metrics.handshakes.labels("no_account").inc()
+                _log_denial(websocket, 503, "no_account")
                 await websocket.send_denial_response(
                     _json_error(
                         503,
@@ -126,6 +171,7 @@ class Gateway:
                 pt = await PassthroughForwarder.open(ctx, account, headers)
             except (DialFailed, PoolError) as exc:
                 metrics.handshakes.labels("upstream_failed").inc()
+                _log_denial(websocket, 503, "upstream_failed", account=account.id, error=str(exc))
                 await websocket.send_denial_response(_dial_failure_response(exc))
                 return
             turn_state = headers.get("x-codex-turn-state") or pt.upstream_turn_state
@@ -185,9 +231,8 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         self.ctx.refresh_gauges()
-        return Response(
-            self.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        body, content_type = self.ctx.metrics.render_exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -197,6 +242,14 @@ class Gateway:
             lambda: self.drain(server_cfg.drain_timeout_s, server_cfg.drain_close_code)
         )
         signals.install()
+        log.info(
+            "gateway started",
+            extra={
+                "event": "startup",
+                "worker": self.ctx.worker_id,
+                **startup_summary(self.ctx.cfg),
+            },
+        )
         try:
             yield
         finally:
@@ -245,8 +298,9 @@ def build_app(
     routes += [
         Route("/healthz", gateway.healthz),
         Route("/readyz", gateway.readyz),
-        Route("/metrics", gateway.metrics),
     ]
+    if cfg.telemetry.metrics_enabled:
+        routes.append(Route("/metrics", gateway.metrics))
     app = Starlette(routes=routes, lifespan=gateway.lifespan)
     app.state.gateway = gateway
     return app
@@ -255,5 +309,6 @@ def build_app(
 def create_app(config: Config | None = None) -> Starlette:
     """The uvicorn factory; reads GATEWAY_CONFIG when no config is given."""
     cfg = config or load_config()
-    setup_logging(cfg.telemetry.log_level, cfg.telemetry.log_format)
+    level = os.environ.get("GATEWAY_LOG_LEVEL") or cfg.telemetry.log_level
+    setup_logging(level, cfg.telemetry.log_format)
     return build_app(cfg)

@@ -1,14 +1,16 @@
 """Gateway configuration: TOML decoded into msgspec Structs.
 
-Unknown keys and bad values are startup errors that name the key (msgspec reports the
-path, e.g. ``$.openai_ws.mode``). Secrets may come from the environment through
-``*_env`` keys, resolved once at load time.
+Unknown keys, bad values and configs that could only fail later (a client group with no
+account, duplicate client keys, no clients or no accounts) are startup errors whose one
+line names the key (msgspec reports the path, e.g. ``$.openai_ws.mode``). Secrets may come
+from the environment through ``*_env`` keys, resolved once at load time.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,7 +18,8 @@ import msgspec
 
 from statestore import store_url_problem
 
-DEFAULT_CONFIG_PATH = "deploy/gateway.example.toml"
+# The example config ships inside the package and is what runs when no path is given.
+EXAMPLE_CONFIG_RESOURCE = "example.toml"
 MIB = 1024 * 1024
 
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
@@ -25,6 +28,8 @@ PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0)]
 Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Mode = Literal["ctx_pool", "passthrough", "off"]
+# "http_only" names an upstream auth type without WebSocket support: served over HTTP.
+AuthType = Literal["apikey", "oauth", "http_only"]
 
 
 class ConfigError(ValueError):
@@ -57,18 +62,21 @@ class ClientKey(_Section):
 class Account(_Section):
     id: str
     group: str = "default"
-    auth: str = "apikey"
+    auth: AuthType = "apikey"
     api_key: str = ""
     api_key_env: str = ""
     base_url: str = "https://api.openai.com/v1"
     proxy_url: str = ""
     max_conns: PositiveInt = 128
     weight: PositiveInt = 1
-    # Per-account switches (R-17); None means "inherit the [openai_ws] value".
+    # Per-account switches; None means "inherit the [openai_ws] value". The forwarding
+    # mode is chosen per gateway, so an account may only turn it "off" (HTTP only).
     ws_enabled: bool | None = None
     mode: Mode | None = None
     force_http: bool = False
     extra_headers: dict[str, str] = {}
+    # Header name -> environment variable holding its value (for secret headers).
+    extra_headers_env: dict[str, str] = {}
 
 
 class OpenAIWSConfig(_Section):
@@ -109,6 +117,7 @@ class OpenAIWSConfig(_Section):
 
 class StateStoreConfig(_Section):
     url: str = "memory://"
+    url_env: str = ""  # environment variable holding the URL (it may carry a password)
     op_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 150
     response_ttl_s: PositiveInt = 3600
     cache_max_entries: PositiveInt = 65536
@@ -147,40 +156,96 @@ def _resolve_secret(value: str, env_name: str, where: str, env: dict[str, str]) 
     return value
 
 
-def _validate(cfg: Config, env: dict[str, str]) -> Config:
+def _check_clients(cfg: Config, env: dict[str, str]) -> list[ClientKey]:
+    if not cfg.clients:
+        raise ConfigError("clients: at least one [[clients]] key is required")
+    groups = {a.group for a in cfg.accounts}
+    first_index: dict[str, int] = {}
     clients: list[ClientKey] = []
     for i, client in enumerate(cfg.clients):
         key = _resolve_secret(client.key, client.key_env, f"clients[{i}].key", env)
         if not key:
             raise ConfigError(f"clients[{i}].key: a client key (or key_env) is required")
+        if key in first_index:
+            raise ConfigError(
+                f"clients[{i}].key: duplicate client key (same as clients[{first_index[key]}])"
+            )
+        first_index[key] = i
+        if client.group not in groups:
+            raise ConfigError(
+                f"clients[{i}].group: no account has group {client.group!r}"
+                f" (account groups: {', '.join(sorted(groups)) or 'none'})"
+            )
         clients.append(msgspec.structs.replace(client, key=key, key_env=""))
+    return clients
+
+
+def _check_account(i: int, acct: Account, ws: OpenAIWSConfig, env: dict[str, str]) -> Account:
+    where = f"accounts[{i}]"
+    if not acct.id:
+        raise ConfigError(f"{where}.id: must not be empty")
+    if ":" in acct.id:
+        raise ConfigError(f"{where}.id: must not contain ':' (it is part of connection ids)")
+    api_key = _resolve_secret(acct.api_key, acct.api_key_env, f"{where}.api_key", env)
+    if not acct.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.base_url: must start with http:// or https://")
+    if acct.proxy_url and not acct.proxy_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.proxy_url: only http:// and https:// proxies are supported")
+    if acct.mode not in (None, "off", ws.mode):
+        raise ConfigError(
+            f"{where}.mode: {acct.mode!r} differs from openai_ws.mode {ws.mode!r}; the"
+            ' forwarding mode is per gateway, an account can only set "off" (HTTP only)'
+        )
+    headers = dict(acct.extra_headers)
+    for name, env_name in acct.extra_headers_env.items():
+        if name.lower() in {h.lower() for h in headers}:
+            raise ConfigError(
+                f"{where}.extra_headers_env.{name}: also set in extra_headers; pick one"
+            )
+        headers[name] = _resolve_secret("", env_name, f"{where}.extra_headers_env.{name}", env)
+    return msgspec.structs.replace(
+        acct, api_key=api_key, api_key_env="", extra_headers=headers, extra_headers_env={}
+    )
+
+
+def _validate(cfg: Config, env: dict[str, str]) -> Config:
+    if not cfg.accounts:
+        raise ConfigError("accounts: at least one [[accounts]] entry is required")
     accounts: list[Account] = []
     seen: set[str] = set()
     for i, acct in enumerate(cfg.accounts):
-        where = f"accounts[{i}]"
-        if not acct.id:
-            raise ConfigError(f"{where}.id: must not be empty")
         if acct.id in seen:
-            raise ConfigError(f"{where}.id: duplicate account id {acct.id!r}")
+            raise ConfigError(f"accounts[{i}].id: duplicate account id {acct.id!r}")
         seen.add(acct.id)
-        api_key = _resolve_secret(acct.api_key, acct.api_key_env, f"{where}.api_key", env)
-        if not acct.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.base_url: must start with http:// or https://")
-        if acct.proxy_url and not acct.proxy_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}.proxy_url: only http:// and https:// proxies are supported")
-        accounts.append(msgspec.structs.replace(acct, api_key=api_key, api_key_env=""))
+        accounts.append(_check_account(i, acct, cfg.openai_ws, env))
+    clients = _check_clients(cfg, env)
     ws = cfg.openai_ws
     if ws.retry_backoff_max_ms < ws.retry_backoff_initial_ms:
         raise ConfigError("openai_ws.retry_backoff_max_ms: must be >= retry_backoff_initial_ms")
     if ws.min_idle_per_account > ws.max_idle_per_account:
         raise ConfigError("openai_ws.min_idle_per_account: must be <= max_idle_per_account")
-    url = cfg.statestore.url
+    if ws.transcript_max_bytes_per_socket > ws.transcript_max_bytes_total:
+        raise ConfigError(
+            "openai_ws.transcript_max_bytes_per_socket: must be <= transcript_max_bytes_total"
+        )
+    store = cfg.statestore
+    url = _resolve_secret(
+        "" if store.url == "memory://" and store.url_env else store.url,
+        store.url_env,
+        "statestore.url",
+        env,
+    )
     if (problem := store_url_problem(url)) is not None:
         raise ConfigError(f"statestore.url: {problem}")
+    store = msgspec.structs.replace(store, url=url, url_env="")
     server = cfg.server
     if not server.instance_id:
         server = msgspec.structs.replace(server, instance_id=socket.gethostname())
-    return msgspec.structs.replace(cfg, clients=clients, accounts=accounts, server=server)
+    if any(c in server.instance_id for c in ": "):
+        raise ConfigError("server.instance_id: must not contain ':' or spaces")
+    return msgspec.structs.replace(
+        cfg, clients=clients, accounts=accounts, server=server, statestore=store
+    )
 
 
 def parse_config(text: str | bytes, env: dict[str, str] | None = None) -> Config:
@@ -194,17 +259,32 @@ def parse_config(text: str | bytes, env: dict[str, str] | None = None) -> Config
     return _validate(cfg, dict(os.environ) if env is None else env)
 
 
+def example_config_text() -> bytes:
+    """The example config shipped inside the package (the default config)."""
+    return resources.files("gateway").joinpath(EXAMPLE_CONFIG_RESOURCE).read_bytes()
+
+
+def config_source(path: str | os.PathLike[str] | None = None) -> str:
+    """Which config is used: ``path``, else ``GATEWAY_CONFIG``, else the packaged example."""
+    return str(path or os.environ.get("GATEWAY_CONFIG") or "")
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load the file named by ``path``, else ``GATEWAY_CONFIG``, else the example config."""
-    chosen = Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    """Load the file named by ``path``, else ``GATEWAY_CONFIG``, else the packaged example."""
+    source = config_source(path)
+    if not source:
+        try:
+            return parse_config(example_config_text())
+        except ConfigError as exc:
+            raise ConfigError(f"packaged example config: {exc}") from None
     try:
-        text = chosen.read_bytes()
+        text = Path(source).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(chosen)!r}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {source!r}: {exc.strerror}") from None
     try:
         return parse_config(text)
     except ConfigError as exc:
-        raise ConfigError(f"{chosen}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def ws_url_for(base_url: str) -> str:

@@ -6,6 +6,7 @@ Forwarders get one ``GatewayContext`` and nothing global.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import weakref
 from collections import defaultdict
@@ -47,7 +48,7 @@ def pool_config_for(cfg: Config, account: Account | None = None) -> PoolConfig:
 
 
 class TranscriptBudget:
-    """Process-wide byte cap for per-socket transcripts (R-28)."""
+    """Process-wide byte cap for per-socket transcripts."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -78,7 +79,10 @@ class GatewayContext:
     ) -> None:
         self.cfg = cfg
         self.instance_id = cfg.server.instance_id
-        self.metrics = Metrics()
+        # Under `--workers N` each worker is its own process with its own connection
+        # counter: connection ids carry the worker so two workers never mint the same one.
+        self.worker_id = worker_identity(self.instance_id)
+        self.metrics = Metrics(accounts=[a.id for a in cfg.accounts], modes=(cfg.openai_ws.mode,))
         self.tracing = Tracing(cfg.telemetry, self.instance_id, exporter=span_exporter)
         self.payload_sampler = PayloadSampler(
             cfg.telemetry.log_payload_sample_rate, cfg.telemetry.log_payload_max_bytes
@@ -96,7 +100,7 @@ class GatewayContext:
         self.dialer: Dialer = dialer or UpstreamDialer(
             self.accounts,
             cfg.openai_ws,
-            instance_id=self.instance_id,
+            instance_id=self.worker_id,
             max_message_bytes=cfg.server.max_message_bytes,
             tracing=self.tracing,
         )
@@ -172,7 +176,6 @@ class GatewayContext:
         for account_id, stats in self.pools.stats().items():
             m.pool_size.labels(account_id, "idle").set(stats.idle)
             m.pool_size.labels(account_id, "leased").set(stats.leased)
-            m.pool_size.labels(account_id, "total").set(stats.size)
             m.pool_reuse.labels(account_id).set(stats.reuse_ratio)
         m.sockets_holding_response.set(self.conn_holds_count)
 
@@ -191,10 +194,23 @@ class GatewayContext:
 
     def ws_servable(self, group: str) -> bool:
         """Whether a client of ``group`` should get a WebSocket at all (else 426)."""
+        return self.ws_unavailable_reason(group) == ""
+
+    def ws_unavailable_reason(self, group: str) -> str:
+        """Why a client of ``group`` gets no WebSocket ("" when it does), for the log."""
         ws = self.cfg.openai_ws
-        if ws.force_http or not ws.enabled or ws.mode == "off":
-            return False
-        return any(resolve(a, ws).transport == "ws" for a in self.groups.get(group, []))
+        if ws.force_http:
+            return "global_force_http"
+        if not ws.enabled:
+            return "global_disabled"
+        if ws.mode == "off":
+            return "mode_off"
+        reasons = [resolve(a, ws) for a in self.groups.get(group, [])]
+        if not reasons:
+            return "no_account_in_group"
+        if any(r.transport == "ws" for r in reasons):
+            return ""
+        return ",".join(sorted({r.reason for r in reasons}))
 
     def ws_capable(self, account: Account) -> bool:
         """Whether the account's turns go over WebSocket now (else HTTP)."""
@@ -221,3 +237,11 @@ class GatewayContext:
         await self.http.aclose()
         await self.store.aclose()
         self.tracing.shutdown()
+        self.metrics.close()
+
+
+def worker_identity(instance_id: str) -> str:
+    """``instance`` alone for a single process; ``instance/w<pid>`` for a worker of many."""
+    if os.environ.get("GATEWAY_WORKER_MODE") == "multi":
+        return f"{instance_id}/w{os.getpid()}"
+    return instance_id

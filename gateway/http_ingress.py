@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -10,7 +12,8 @@ from starlette.responses import Response, StreamingResponse
 from gateway.context import GatewayContext
 from gateway.events import error_json
 from gateway.forward.http_fallback import http_headers
-from gateway.upstream.headers import forwarded_headers
+from gateway.logs import log_fields, log_http_request
+from gateway.upstream.headers import forwarded_headers, session_key
 
 _PASS_RESPONSE_HEADERS = (
     "content-type",
@@ -30,7 +33,15 @@ def _error(status: int, code: str, message: str, error_type: str) -> Response:
 
 
 async def http_responses(ctx: GatewayContext, request: Request) -> Response:
+    started = time.perf_counter()
     headers = {k.lower(): v for k, v in request.headers.items()}
+    with log_fields(session=session_key(headers)):
+        response = await _serve(ctx, request, headers)
+        log_http_request(request, response, started)
+    return response
+
+
+async def _serve(ctx: GatewayContext, request: Request, headers: dict[str, str]) -> Response:
     identity = ctx.directory.authenticate(headers.get("authorization"))
     if identity is None:
         return _error(
@@ -52,6 +63,7 @@ async def http_responses(ctx: GatewayContext, request: Request) -> Response:
     account = ctx.pick_account(identity.group, prefer_ws=False)
     if account is None:
         return _error(503, "no_account", "no upstream account for this key's group", "server_error")
+    request.state.account = account.id
     client = ctx.http.get(account.proxy_url)
     fwd = tuple(forwarded_headers(headers))
     upstream_headers = http_headers(account, fwd)
@@ -67,7 +79,7 @@ async def http_responses(ctx: GatewayContext, request: Request) -> Response:
         return _error(502, "upstream_unavailable", f"HTTP upstream failed: {exc}", "server_error")
     out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE_HEADERS if k in upstream.headers}
     out_headers["x-gateway-instance"] = ctx.instance_id
-    ctx.metrics.fallbacks.labels("client_http").inc()
+    ctx.metrics.http_requests.inc()
     return StreamingResponse(
         upstream.aiter_raw(),
         status_code=upstream.status_code,

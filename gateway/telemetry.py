@@ -1,12 +1,39 @@
-"""Prometheus metrics for the release gates (R-24).
+"""Prometheus metrics: turns, latency, retries, fallbacks, pool, state store.
 
-Each app owns its registry, so several apps can live in one test process. Hot-path
-updates are plain counter/histogram calls on pre-bound label children.
+Each app owns its registry, so several apps can live in one test process. Every label
+set the gateway knows in advance exists at zero from the start, so ``rate()`` and
+``absent()`` alerts have series to work on before the first failure. Under
+``--workers N`` the workers write to a shared directory (prometheus-client multiprocess
+mode, ``PROMETHEUS_MULTIPROC_DIR``) and any worker's ``/metrics`` shows the sum.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import os
+import platform
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from gateway.accounts import AccountState
+from gateway.forward.facts import Outcome
+from gateway.recovery import Failure
+from normalizer import InvariantState, Reason
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Fine low buckets so P95/P99 below 1 ms are readable.
 LATENCY_BUCKETS = (
@@ -31,10 +58,56 @@ LATENCY_BUCKETS = (
     30.0,
 )
 
+# Label values known before any traffic; each becomes a zero series at startup.
+ACCOUNT_STATES = tuple(state.value for state in AccountState)
+FAILOVER_REASONS = ("rate_limited", "handshake_429", "account_open")
+TURN_OUTCOMES = (
+    *(o.value for o in Outcome),
+    "upstream_lost",  # passthrough: the upstream socket closed mid-turn
+)
+HANDSHAKE_RESULTS = (
+    "accepted",
+    "unauthorized",
+    "draining",
+    "upgrade_required",
+    "no_account",
+    "upstream_failed",
+)
+# Why a WebSocket turn went over HTTP: resolver decisions and policy failures.
+FALLBACK_REASONS = (
+    "fallback_cooldown",
+    "account_force_http",
+    "account_disabled",
+    "mode_off",
+    "unknown_auth_type",
+    *(f.value for f in Failure),
+)
+RETRY_REASONS = tuple(f.value for f in Failure)
+STORE_OPS = ("bind", "forget", "lookup", "ping")
+POOL_STATES = ("idle", "leased")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def gateway_version() -> str:
+    try:
+        return metadata.version("responses-ws-gateway")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(
+        self, accounts: Sequence[str] = (), modes: Iterable[str] = ("ctx_pool", "passthrough")
+    ) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        self._multiproc = multiprocess_dir()
+        if self._multiproc is None:
+            # Process and platform facts of this process (a custom registry has none).
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
         self.turns = Counter("gateway_turns", "Turns by outcome", ["mode", "outcome"], registry=r)
         self.ttft = Histogram(
             "gateway_ttft_seconds",
@@ -64,8 +137,13 @@ class Metrics:
         )
         self.fallbacks = Counter(
             "gateway_http_fallbacks",
-            "Turns served over HTTP instead of WebSocket",
+            "WebSocket turns the gateway served over HTTP instead",
             ["reason"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "gateway_http_requests",
+            "Requests clients sent over HTTP POST /v1/responses (not a fallback)",
             registry=r,
         )
         self.recoveries = Counter(
@@ -86,12 +164,18 @@ class Metrics:
         self.handshakes = Counter(
             "gateway_handshakes", "Client WebSocket handshakes", ["result"], registry=r
         )
-        self.sessions = Gauge("gateway_client_sockets", "Open client WebSockets", registry=r)
+        self.sessions = Gauge(
+            "gateway_client_sockets",
+            "Open client WebSockets",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.account_state = Gauge(
             "gateway_account_state",
             "1 for the state each upstream account is in (healthy, cooling, open, half_open)",
             ["account", "state"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.failovers = Counter(
             "gateway_account_failovers",
@@ -103,15 +187,21 @@ class Metrics:
             "gateway_upstream_sockets_holding_response",
             "Upstream sockets known to hold a previous response in their connection cache",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.pool_size = Gauge(
             "gateway_pool_connections",
-            "Upstream sockets per account",
+            "Upstream sockets per account by state (idle + leased = all; sum() is safe)",
             ["account", "state"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.pool_reuse = Gauge(
-            "gateway_pool_reuse_ratio", "Reused / all acquires per account", ["account"], registry=r
+            "gateway_pool_reuse_ratio",
+            "Reused / all acquires per account (the highest worker's under --workers)",
+            ["account"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.pool_acquires = Counter(
             "gateway_pool_acquires", "Upstream socket leases", ["account", "kind"], registry=r
@@ -133,8 +223,66 @@ class Metrics:
             "gateway_statestore_bind_failures", "Turn binds that did not reach Redis", registry=r
         )
 
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Always 1; the labels name the running build",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(gateway_version(), platform.python_version()).set(1)
+        self._precreate(list(accounts), list(modes))
+
+    def _precreate(self, accounts: list[str], modes: list[str]) -> None:
+        for mode in modes:
+            self.ttft.labels(mode)
+            self.added_latency.labels(mode)
+            self.events.labels(mode)
+            for outcome in TURN_OUTCOMES:
+                self.turns.labels(mode, outcome)
+        for result in HANDSHAKE_RESULTS:
+            self.handshakes.labels(result)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason)
+        for reason in RETRY_REASONS:
+            self.retry_attempts.labels(reason)
+        for op in STORE_OPS:
+            self.store_ops.labels(op)
+            self.store_errors.labels(op)
+        for result in ("hit", "miss"):
+            self.store_cache.labels(result)
+        for invariant in InvariantState:
+            for why in Reason:
+                self.normalizer.labels(invariant.value, why.value)
+        for reason in FAILOVER_REASONS:
+            self.failovers.labels(reason)
+        for account in accounts:
+            for state in ACCOUNT_STATES:
+                self.account_state.labels(account, state).set(1 if state == "healthy" else 0)
+            for state in POOL_STATES:
+                self.pool_size.labels(account, state).set(0)
+            self.pool_reuse.labels(account).set(0)
+            for kind in ("reused", "dialed"):
+                self.pool_acquires.labels(account, kind)
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.render_exposition(None)[0]
+
+    def render_exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The scrape body: this registry, or every worker's files in multiprocess mode."""
+        if self._multiproc is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self._multiproc)  # type: ignore[no-untyped-call]
+        # Process facts are per process: these are the answering worker's.
+        registry.register(PROCESS_COLLECTOR)
+        registry.register(PLATFORM_COLLECTOR)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def close(self) -> None:
+        """A worker leaving: its live gauges stop counting towards the sum."""
+        if self._multiproc is not None:
+            multiprocess.mark_process_dead(os.getpid(), self._multiproc)  # type: ignore[no-untyped-call]
 
 
 class StoreMetricsHooks:

@@ -1,13 +1,20 @@
-"""OpenTelemetry: one span per turn with GenAI semantic-convention attributes (R-23).
+"""OpenTelemetry: one span per turn with GenAI semantic-convention attributes.
 
 The tracer provider belongs to the app (not the global one), so tests can attach an
 in-memory exporter. With no exporter configured every call returns a non-recording
 span: a few attribute no-ops per turn, nothing per event.
+
+The standard ``OTEL_*`` variables are honoured: ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` turn the exporter on when the config names no
+endpoint (headers, timeout, compression come from the exporter's own variables),
+``OTEL_SDK_DISABLED=true`` turns tracing off, ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES`` shape the resource, ``OTEL_TRACES_SAMPLER`` picks the sampler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 
 from opentelemetry import context as otel_context
@@ -19,30 +26,54 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway.config import TelemetryConfig
+from gateway.logs import current_log_fields
 
 _propagator = TraceContextTextMapPropagator()
+OPERATION = "chat"
+PROVIDER = "openai"
+
+
+def _env_endpoint(env: Mapping[str, str]) -> bool:
+    return bool(
+        env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def tracing_wanted(cfg: TelemetryConfig, env: Mapping[str, str], exporter: bool) -> bool:
+    if not cfg.tracing_enabled or env.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    return exporter or bool(cfg.otlp_endpoint) or _env_endpoint(env)
 
 
 class Tracing:
     def __init__(
-        self, cfg: TelemetryConfig, instance_id: str, exporter: SpanExporter | None = None
+        self,
+        cfg: TelemetryConfig,
+        instance_id: str,
+        exporter: SpanExporter | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        env = os.environ if env is None else env
         self.provider: TracerProvider | None = None
         self._tracer: trace.Tracer | None = None
-        if not cfg.tracing_enabled or (exporter is None and not cfg.otlp_endpoint):
+        if not tracing_wanted(cfg, env, exporter is not None):
             return
-        resource = Resource.create(
-            {"service.name": cfg.service_name, "service.instance.id": instance_id}
-        )
-        self.provider = TracerProvider(resource=resource)
+        attributes: dict[str, str] = {"service.instance.id": instance_id}
+        if not env.get("OTEL_SERVICE_NAME"):
+            attributes["service.name"] = cfg.service_name
+        self.provider = TracerProvider(resource=Resource.create(attributes))
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            self.provider.add_span_processor(
-                BatchSpanProcessor(OTLPSpanExporter(endpoint=cfg.otlp_endpoint))
+            # No endpoint argument: the exporter reads the OTEL_EXPORTER_OTLP_* variables.
+            otlp = (
+                OTLPSpanExporter(endpoint=cfg.otlp_endpoint)
+                if cfg.otlp_endpoint
+                else OTLPSpanExporter()
             )
+            self.provider.add_span_processor(BatchSpanProcessor(otlp))
         self._tracer = self.provider.get_tracer("responses-ws-gateway")
 
     @property
@@ -57,15 +88,22 @@ class Tracing:
 
     @contextlib.contextmanager
     def turn_span(self, operation: str, parent: otel_context.Context | None) -> Iterator[Span]:
+        """The turn's span, named ``{operation} {model}`` once the model is known."""
         if self._tracer is None:
             yield INVALID_SPAN
             return
         with self._tracer.start_as_current_span(
             operation, context=parent, kind=SpanKind.SERVER
         ) as span:
-            span.set_attribute("gen_ai.operation.name", "chat")
-            span.set_attribute("gen_ai.system", "openai")
-            yield span
+            span.set_attribute("gen_ai.operation.name", operation)
+            span.set_attribute("gen_ai.provider.name", PROVIDER)
+            session = current_log_fields().get("session")
+            if isinstance(session, str) and session:
+                span.set_attribute("gen_ai.conversation.id", session)
+            try:
+                yield span
+            finally:
+                _name_after_model(span, operation)
 
     @contextlib.contextmanager
     def child(self, name: str, **attributes: str | int | float | bool) -> Iterator[Span]:
@@ -83,6 +121,22 @@ class Tracing:
             self.provider.shutdown()
 
 
+def _name_after_model(span: Span, operation: str) -> None:
+    attributes = getattr(span, "attributes", None) or {}
+    model = attributes.get("gen_ai.request.model") or attributes.get("gen_ai.response.model")
+    if isinstance(model, str) and model:
+        span.update_name(f"{operation} {model}")
+
+
 def mark_error(span: Span, description: str) -> None:
+    """A failed turn: ERROR status and ``error.type`` (the turn's outcome or error code)."""
     if span.is_recording():
         span.set_status(Status(StatusCode.ERROR, description))
+        span.set_attribute("error.type", _error_type(description))
+
+
+def _error_type(description: str) -> str:
+    # error.type is a low-cardinality class: an outcome or code, not a free-text message.
+    if description and len(description) <= 64 and description.replace("_", "").isalnum():
+        return description
+    return "_OTHER"

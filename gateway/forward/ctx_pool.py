@@ -30,6 +30,7 @@ from gateway.forward.continuation import SocketState, resolve_continuation
 from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
 from gateway.forward.replies import INTERRUPTED, Replies
+from gateway.logs import log_turn
 from gateway.recovery import (
     RATE_LIMITS,
     TRANSPORT_FAILURES,
@@ -108,9 +109,11 @@ class CtxPoolForwarder:
     async def run_turn(self, frame: str, sink: ClientSink) -> None:
         with self.ctx.tracing.turn_span("chat", self.trace_parent) as span:
             self.facts = facts = TurnFacts()
+            started = time.perf_counter()
             outcome = await self._run_turn(frame, sink)
             facts.drained = sink.gone
             self.ctx.metrics.turns.labels(MODE, outcome.value).inc()
+            log_turn(MODE, outcome.value, facts, started, self.last_conn_id)
             if span.is_recording():
                 annotate_turn(
                     span,

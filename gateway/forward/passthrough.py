@@ -16,6 +16,7 @@ from opentelemetry import context as otel_context
 from gateway.config import Account
 from gateway.context import GatewayContext
 from gateway.events import error_event
+from gateway.logs import TurnLogFacts, log_turn
 from gateway.session import ClientSink
 from gateway.turn import TurnTracker
 from gateway.upstream.dialer import turn_headers
@@ -60,6 +61,9 @@ class PassthroughForwarder:
         with self.ctx.tracing.turn_span("chat", self.trace_parent) as span:
             tracker = TurnTracker()
             await self._run_turn(frame, sink, tracker)
+            outcome = tracker.outcome.value if tracker.outcome else "upstream_lost"
+            facts = TurnLogFacts(self.account.id, tracker, drained=sink.gone)
+            log_turn(MODE, outcome, facts, tracker.started_at, self.conn.conn_id)
             if span.is_recording():
                 span.set_attribute("gateway.instance", self.ctx.instance_id)
                 span.set_attribute("gateway.mode", MODE)

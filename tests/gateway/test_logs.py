@@ -1,12 +1,32 @@
-"""gateway.logs: JSON log lines with extra fields; payload logging sampled and truncated (R-25)."""
+"""gateway.logs: JSON and text lines with fields, correlation ids, the turn line, payload sampling."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-from gateway.logs import JsonFormatter, PayloadSampler
+import pytest
+
+from gateway.config import parse_config
+from gateway.logs import (
+    JsonFormatter,
+    PayloadSampler,
+    TextFormatter,
+    TurnLogFacts,
+    bind_log_fields,
+    log_fields,
+    log_turn,
+    redact_url,
+    reset_log_fields,
+    setup_logging,
+    startup_summary,
+)
 
 
 def make_record(**extra: object) -> logging.LogRecord:
@@ -39,7 +59,7 @@ def test_json_formatter_emits_one_json_object_with_extras() -> None:
 
 def test_json_formatter_stringifies_other_values_and_skips_private() -> None:
     out = json.loads(JsonFormatter().format(make_record(ids=["a", "b"], _private=1)))
-    assert out["ids"] == str(["a", "b"])
+    assert out["ids"] == ["a", "b"]
     assert "_private" not in out
 
 
@@ -130,3 +150,203 @@ def test_truncation_inside_a_multibyte_character_stays_valid_text() -> None:
     cut = sampler.render("éé")  # 4 bytes; the cap falls inside the second "é"
     cut.encode()  # must be encodable text
     assert cut.startswith("é") and "truncated 1 bytes" in cut
+
+
+# -- formats -----------------------------------------------------------------------------
+class ListHandler(logging.Handler):
+    def __init__(self, formatter: logging.Formatter) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(formatter)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.lines.append(self.format(record))
+
+
+@contextlib.contextmanager
+def capture(name: str, formatter: logging.Formatter) -> Iterator[ListHandler]:
+    handler = ListHandler(formatter)
+    logger = logging.getLogger(name)
+    old = (logger.propagate, logger.level)
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = old
+
+
+def test_json_has_no_ansi_colour_copy_of_uvicorn_messages() -> None:
+    with capture("uvicorn.error", JsonFormatter()) as h:
+        logging.getLogger("uvicorn.error").info(
+            "Started server process [%d]", 7, extra={"color_message": "\x1b[36m%d\x1b[0m"}
+        )
+    (line,) = h.lines
+    assert "\x1b" not in line and "\\u001b" not in line
+    assert json.loads(line)["msg"] == "Started server process [7]"
+    assert "color_message" not in json.loads(line)
+
+
+def test_text_format_keeps_every_field() -> None:
+    with capture("gateway.test.text", TextFormatter()) as h, log_fields(session="s-1"):
+        logging.getLogger("gateway.test.text").info(
+            "turn completed", extra={"account": "acct-a", "ttft_ms": 12.5, "note": "two words"}
+        )
+    (line,) = h.lines
+    assert "INFO gateway.test.text turn completed" in line
+    for pair in ("session=s-1", "account=acct-a", "ttft_ms=12.5", 'note="two words"'):
+        assert pair in line
+
+
+def test_setup_logging_routes_uvicorn_through_the_chosen_format(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging("info", "json")
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running", extra={"color_message": "\x1b[1m"}
+        )
+        setup_logging("warning", "text")
+        assert root.level == logging.WARNING
+        assert isinstance(root.handlers[0].formatter, TextFormatter)
+    finally:
+        root.handlers[:], root.level = saved
+    out = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert out["logger"] == "uvicorn.error" and "color_message" not in out
+
+
+# -- correlation ids -------------------------------------------------------------------------
+async def test_context_fields_follow_tasks_and_are_reset() -> None:
+    with capture("gateway.test.ctx", JsonFormatter()) as h:
+        logger = logging.getLogger("gateway.test.ctx")
+        token = bind_log_fields(session="sess-9", client="ci", empty="", none=None)
+
+        async def inner() -> None:
+            with log_fields(response_id="resp_1"):
+                logger.info("inside")
+            logger.info("after inner")
+
+        await asyncio.create_task(inner())
+        reset_log_fields(token)
+        logger.info("outside")
+    inside, after, outside = (json.loads(line) for line in h.lines)
+    assert inside["session"] == "sess-9" and inside["client"] == "ci"
+    assert inside["response_id"] == "resp_1"
+    assert "empty" not in inside and "none" not in inside
+    assert after["session"] == "sess-9" and "response_id" not in after
+    assert "session" not in outside
+    # the record carries the fields, so a handler that formats later still has them
+    assert h.records[0].log_context == {
+        "session": "sess-9",
+        "client": "ci",
+        "response_id": "resp_1",
+    }  # type: ignore[attr-defined]
+
+
+def test_extra_fields_win_over_context_fields() -> None:
+    with capture("gateway.test.win", JsonFormatter()) as h, log_fields(account="ctx"):
+        logging.getLogger("gateway.test.win").info("x", extra={"account": "extra"})
+    assert json.loads(h.lines[0])["account"] == "extra"
+
+
+# -- the turn line -----------------------------------------------------------------------------
+@dataclass
+class FakeError:
+    code: str | None
+
+
+@dataclass
+class FakeTracker:
+    response_id: str | None = "resp_42"
+    model: str | None = "gpt-test"
+    input_tokens: int = 11
+    output_tokens: int = 7
+    ttft_s: float | None = 0.0125
+    events: int = 9
+    error: FakeError | None = None
+
+
+def test_turn_line_has_every_fact() -> None:
+    facts = TurnLogFacts(
+        "acct-b", FakeTracker(), retries=2, fallback="closed_policy", recovery="align"
+    )
+    with (
+        capture("gateway.turn", JsonFormatter()) as h,
+        log_fields(session="sess-1", client="dev"),
+    ):
+        log_turn("ctx_pool", "completed", facts, started=time.perf_counter() - 0.25)
+    (line,) = h.lines
+    out = json.loads(line)
+    assert out["level"] == "info" and out["event"] == "turn" and out["msg"] == "turn completed"
+    assert out["session"] == "sess-1" and out["client"] == "dev"
+    assert out["mode"] == "ctx_pool" and out["outcome"] == "completed"
+    assert out["account"] == "acct-b" and out["response_id"] == "resp_42"
+    assert out["model"] == "gpt-test"
+    assert out["retries"] == 2 and out["fallback"] == "closed_policy" and out["recovery"] == "align"
+    assert out["ttft_ms"] == 12.5
+    assert out["duration_ms"] >= 250
+    assert out["input_tokens"] == 11 and out["output_tokens"] == 7 and out["events"] == 9
+    assert out["drained_after_disconnect"] is False
+    assert "error_code" not in out
+
+
+def test_failed_turn_line_names_the_error_and_a_turn_without_upstream_has_no_ttft() -> None:
+    with capture("gateway.turn", JsonFormatter()) as h:
+        log_turn(
+            "ctx_pool",
+            "error",
+            TurnLogFacts("a", FakeTracker(error=FakeError("server_error"), ttft_s=None)),
+            time.perf_counter(),
+        )
+        log_turn("ctx_pool", "no_account", TurnLogFacts(), time.perf_counter())
+    failed, no_account = (json.loads(line) for line in h.lines)
+    assert failed["outcome"] == "error" and failed["error_code"] == "server_error"
+    assert failed["ttft_ms"] is None
+    assert no_account["outcome"] == "no_account" and "response_id" not in no_account
+
+
+def test_turn_line_is_skipped_below_info() -> None:
+    with capture("gateway.turn", JsonFormatter()) as h:
+        logging.getLogger("gateway.turn").setLevel(logging.WARNING)
+        log_turn("ctx_pool", "completed", TurnLogFacts(), time.perf_counter())
+    assert h.lines == []
+
+
+# -- startup summary -----------------------------------------------------------------------------
+def test_startup_summary_has_no_secrets() -> None:
+    cfg = parse_config(
+        '[[clients]]\nkey = "sk-client-secret"\ngroup = "g1"\n'
+        '[[accounts]]\nid = "a1"\ngroup = "g1"\napi_key = "sk-upstream-secret"\n'
+        'extra_headers = {"x-token" = "hdr-secret"}\n'
+        '[[accounts]]\nid = "a2"\ngroup = "g1"\nmax_conns = 4\n'
+        '[statestore]\nurl = "redis://user:redis-secret@redis:6379/0"\n',
+        env={},
+    )
+    summary = startup_summary(cfg)
+    text = json.dumps(summary)
+    for secret in ("sk-client-secret", "sk-upstream-secret", "hdr-secret", "redis-secret"):
+        assert secret not in text
+    assert summary["accounts_by_group"] == {"g1": ["a1", "a2"]}
+    assert summary["client_keys_by_group"] == {"g1": 1}
+    assert summary["statestore"] == "redis://user:***@redis:6379/0"
+    assert summary["mode"] == "ctx_pool" and summary["websocket"] == "on (v2)"
+    limits = summary["limits"]
+    assert isinstance(limits, dict) and limits["max_conns_per_account"] == {"a1": 128, "a2": 4}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("memory://", "memory://"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("rediss://:pw@r.example:6380/1", "rediss://:***@r.example:6380/1"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

@@ -1,4 +1,4 @@
-"""Observability (R-23, R-24, R-25): spans per turn, metrics that move, a log budget.
+"""Observability: spans per turn, metrics that move, the log lines, a log budget.
 
 The gateway runs in-process under a real uvicorn server (so the test owns its
 in-memory span exporter), the upstream simulator as a real process.
@@ -18,9 +18,11 @@ import msgspec
 import pytest
 import uvicorn
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from websockets.exceptions import InvalidStatus
 
 from gateway.app import build_app
 from gateway.config import Config
+from gateway.logs import JsonFormatter
 from tests.e2e.client import (
     create,
     function_calls,
@@ -87,7 +89,7 @@ async def serve(sim: SimProcess, **overrides: dict[str, object]) -> AsyncIterato
 def spans_by_trace(exporter: InMemorySpanExporter) -> list[tuple[Any, list[str]]]:
     """Each turn span with the names of its descendants."""
     spans = exporter.get_finished_spans()
-    turns = [s for s in spans if s.name == "chat"]
+    turns = [s for s in spans if (s.attributes or {}).get("gen_ai.operation.name") == "chat"]
     out = []
     for root in turns:
         children = [
@@ -108,7 +110,10 @@ async def test_normal_turn_has_one_span_with_genai_attributes_and_children(sim: 
     async with serve(sim) as gw:
         ws = await open_ws(
             gw.ws_url,
-            auth_headers(traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            auth_headers(
+                traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                session_id="sess-trace-1",
+            ),
         )
         try:
             events = await turn(ws, create("hello [[sim deltas=4]]"))
@@ -116,7 +121,11 @@ async def test_normal_turn_has_one_span_with_genai_attributes_and_children(sim: 
             await ws.close()
     [(span, children)] = spans_by_trace(gw.exporter)
     attrs = dict(span.attributes or {})
+    assert span.name == "chat gpt-test"  # {operation} {model}
     assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.provider.name"] == "openai" and "gen_ai.system" not in attrs
+    assert attrs["gen_ai.conversation.id"] == "sess-trace-1"
+    assert "error.type" not in attrs
     assert attrs["gen_ai.request.model"] == "gpt-test"
     assert attrs["gen_ai.response.id"] == response_id(events)
     assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["gen_ai.usage.output_tokens"] > 0
@@ -256,3 +265,157 @@ async def test_payload_logging_is_sampled_and_truncated(
         '{"type": "response.create"'
     )  # the client's own bytes and len(payload.split("...[truncated")[0]) == 512
     assert json.dumps("y" * 600) not in payload
+
+
+# -- the log lines an operator reads -------------------------------------------------------
+def records(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", "") == event]
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What the JSON line shows: the context's correlation ids plus the record's own."""
+    line = JsonFormatter().format(record)
+    out: dict[str, Any] = json.loads(line)
+    return out
+
+
+async def test_a_turn_writes_one_line_with_its_facts(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with serve(sim) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers(session_id="sess-log-1"))
+        try:
+            events = await turn(ws, create("hello [[sim deltas=3]]"))
+        finally:
+            await ws.close()
+        await eventually(lambda: bool(records(caplog, "turn")), what="the turn log line")
+    (line,) = (fields(r) for r in records(caplog, "turn"))
+    assert line["level"] == "info" and line["logger"] == "gateway.turn"
+    assert line["session"] == "sess-log-1" and line["client_key"]
+    assert line["mode"] == "ctx_pool" and line["outcome"] == "completed"
+    assert line["account"] == "acct-a" and line["response_id"] == response_id(events)
+    assert line["retries"] == 0 and line["fallback"] == "" and line["recovery"] == ""
+    assert line["ttft_ms"] >= 0 and line["duration_ms"] >= line["ttft_ms"]
+    assert line["input_tokens"] > 0 and line["output_tokens"] > 0
+    # every line written while serving the socket carries the session
+    served = [
+        r
+        for r in caplog.records
+        if r.name.startswith("gateway.") and getattr(r, "event", "") != "startup"
+    ]
+    assert served and all(fields(r).get("session") == "sess-log-1" for r in served)
+
+
+async def test_startup_summary_line(sim: SimProcess, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    async with serve(sim):
+        pass
+    (line,) = (fields(r) for r in records(caplog, "startup"))
+    assert line["accounts_by_group"] == {"default": ["acct-a"]}
+    assert line["statestore"] == "memory://" and line["mode"] == "ctx_pool"
+    assert line["worker"] == "gw-test"
+    assert "sk-gw-test" not in json.dumps(line) and "sk-sim-a" not in json.dumps(line)
+
+
+async def test_a_denied_handshake_writes_its_reason(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with serve(sim) as gw:
+        with pytest.raises(InvalidStatus) as denied:
+            await open_ws(gw.ws_url, {"Authorization": "Bearer wrong"})
+    assert denied.value.response.status_code == 401
+    (line,) = (fields(r) for r in records(caplog, "handshake_denied"))
+    assert line["level"] == "info" and line["status"] == 401
+    assert line["reason"] == "unauthorized" and line["auth_header"] == "present"
+    assert line["remote"] == "127.0.0.1"
+    assert "wrong" not in json.dumps(line)
+
+
+async def test_a_426_denial_names_the_resolver_reason(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with serve(sim, openai_ws={"force_http": True}) as gw:
+        with pytest.raises(InvalidStatus) as denied:
+            await open_ws(gw.ws_url, auth_headers())
+    assert denied.value.response.status_code == 426
+    (line,) = (fields(r) for r in records(caplog, "handshake_denied"))
+    assert line["status"] == 426 and line["reason"] == "global_force_http"
+
+
+async def test_a_failed_turn_writes_its_outcome_and_error(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    sim.control.add_fault(kind="error_event", code="invalid_prompt", status=400)
+    async with serve(sim) as gw:
+        ws = await open_ws(gw.ws_url, auth_headers(session_id="sess-log-2"))
+        try:
+            events = await turn(ws, create("refused"))
+        finally:
+            await ws.close()
+        await eventually(lambda: bool(records(caplog, "turn")), what="the turn log line")
+    assert terminal(events)["type"] == "error"
+    (line,) = (fields(r) for r in records(caplog, "turn"))
+    assert line["session"] == "sess-log-2" and line["account"] == "acct-a"
+    assert line["outcome"] not in ("completed", "http_completed")
+    assert line["error_code"] == "invalid_prompt"
+    [(span, _)] = spans_by_trace(gw.exporter)
+    assert dict(span.attributes or {})["error.type"] == line["outcome"]
+
+
+async def test_http_requests_write_one_line_each_and_are_not_fallbacks(
+    sim: SimProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    body = {"model": "gpt-test", "input": "hi", "stream": False}
+    async with serve(sim) as gw:
+        before = await gw.metrics()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.port}") as client:
+            refused = await client.post("/v1/responses", json=body)
+            relayed = await client.post(
+                "/v1/responses", json=body, headers=auth_headers(session_id="sess-http")
+            )
+        after = await gw.metrics()
+    assert refused.status_code == 401 and relayed.status_code == 200
+    first, second = (fields(r) for r in records(caplog, "http_request"))
+    assert first["status"] == 401 and first["outcome"] == "refused"
+    assert first["error_code"] == "invalid_api_key"
+    assert second["status"] == 200 and second["outcome"] == "relayed"
+    assert second["account"] == "acct-a" and second["session"] == "sess-http"
+    assert (
+        value(after, "gateway_http_requests_total") - value(before, "gateway_http_requests_total")
+        == 1
+    )
+    fallbacks = [
+        line for line in after.splitlines() if line.startswith("gateway_http_fallbacks_total")
+    ]
+    assert fallbacks and all(line.endswith(" 0.0") for line in fallbacks)
+
+
+async def test_metrics_endpoint_can_be_switched_off(sim: SimProcess) -> None:
+    async with serve(sim, telemetry={"metrics_enabled": False}) as gw:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gw.port}") as client:
+            assert (await client.get("/metrics")).status_code == 404
+            assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_series_exist_before_traffic(sim: SimProcess) -> None:
+    async with serve(sim) as gw:
+        metrics = await gw.metrics()
+    for series in (
+        'gateway_turns_total{mode="ctx_pool",outcome="completed"} 0.0',
+        'gateway_turns_total{mode="ctx_pool",outcome="retry_exhausted"} 0.0',
+        'gateway_http_fallbacks_total{reason="closed_policy"} 0.0',
+        'gateway_retry_attempts_total{reason="dial_error"} 0.0',
+        'gateway_handshakes_total{result="unauthorized"} 0.0',
+        'gateway_statestore_errors_total{op="bind"} 0.0',
+        'gateway_pool_connections{account="acct-a",state="idle"} 0.0',
+        'gateway_pool_acquires_total{account="acct-a",kind="dialed"} 0.0',
+        'gateway_ttft_seconds_count{mode="ctx_pool"} 0.0',
+    ):
+        assert series in metrics, series
+    assert 'state="total"' not in metrics
+    assert "process_resident_memory_bytes" in metrics

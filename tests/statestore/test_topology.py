@@ -71,17 +71,28 @@ def test_every_redis_scheme_opens_a_redis_store_without_dialling() -> None:
         open_store("rediss+sentinel://h/svc")  # the message lists what is accepted
 
 
+# The smallest config that starts: one client key and one account.
+_MINIMAL = (
+    '[[clients]]\nkey = "sk-c"\ngroup = "default"\n'
+    '[[accounts]]\nid = "a"\napi_key = "sk-a"\n'
+)
+
+
+def _store_config(url: str) -> str:
+    return f'{_MINIMAL}[statestore]\nurl = "{url}"\n'
+
+
 def test_config_accepts_exactly_the_store_schemes() -> None:
     for scheme in STORE_URL_SCHEMES:
         url = f"{scheme}://h:1" if "cluster" in scheme else f"{scheme}://h:1/x"
-        assert parse_config(f'[statestore]\nurl = "{url}"\n', env={}).statestore.url == url
+        assert parse_config(_store_config(url), env={}).statestore.url == url
     with pytest.raises(ConfigError, match="redis\\+cluster://"):
-        parse_config('[statestore]\nurl = "redis+shard://h:1"\n', env={})
+        parse_config(_store_config("redis+shard://h:1"), env={})
     # A malformed node list is a config error that names the problem, not a traceback later.
     with pytest.raises(ConfigError, match=r"statestore\.url: bad port 'port'"):
-        parse_config('[statestore]\nurl = "redis+cluster://h:port"\n', env={})
+        parse_config(_store_config("redis+cluster://h:port"), env={})
     with pytest.raises(ConfigError, match=r"statestore\.url: .*service_name"):
-        parse_config('[statestore]\nurl = "redis+sentinel://s1:26379"\n', env={})
+        parse_config(_store_config("redis+sentinel://s1:26379"), env={})
 
 
 def _statestore_imports() -> dict[str, set[str]]:
