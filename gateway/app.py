@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gateway.auth import ClientIdentity
 from gateway.config import Config, load_config
 from gateway.context import GatewayContext
 from gateway.events import error_json
 from gateway.forward.ctx_pool import CtxPoolForwarder
 from gateway.forward.passthrough import PassthroughForwarder
+from gateway.guard import HandshakeGate, HandshakeGuard, install_ingress_guard, log_client_mistake
 from gateway.http_ingress import http_responses
 from gateway.logs import setup_logging
 from gateway.session import ClientSession, Forwarder
 from gateway.upstream.headers import session_key
-from gateway.upstream.ws import HandshakeRejected
-from pool import DialFailed, PoolError
 
 log = logging.getLogger("gateway.app")
 
@@ -40,26 +42,11 @@ def _json_error(
     )
 
 
-def _dial_failure_response(exc: Exception) -> Response:
-    cause = exc.__cause__ or exc
-    if isinstance(cause, HandshakeRejected):
-        status = cause.status if cause.status in (401, 403, 429) else 502
-        if cause.status >= 500:
-            status = 503
-        return _json_error(
-            status,
-            "upstream_handshake_rejected",
-            f"upstream refused the WebSocket: HTTP {cause.status}",
-            "upstream_error",
-        )
-    return _json_error(
-        503, "upstream_unavailable", f"upstream WebSocket unavailable: {cause}", "upstream_error"
-    )
-
-
 class Gateway:
     def __init__(self, cfg: Config, *, span_exporter: SpanExporter | None = None) -> None:
         self.ctx = GatewayContext(cfg, span_exporter=span_exporter)
+        # Open client sockets per client key: one key cannot hold the whole process.
+        self.sockets_per_key: dict[str, int] = {}
 
     async def ws_endpoint(self, websocket: WebSocket) -> None:
         ctx = self.ctx
@@ -96,6 +83,39 @@ class Gateway:
                 )
             )
             return
+        key_label = identity.key_id
+        key_sockets = self.sockets_per_key.get(key_label, 0)
+        if key_sockets >= ctx.cfg.server.max_sockets_per_client_key:
+            metrics.handshakes.labels("too_many_sockets").inc()
+            log_client_mistake(
+                "too_many_sockets",
+                "client key is at its socket limit; handshake refused",
+                client=key_label,
+                limit=ctx.cfg.server.max_sockets_per_client_key,
+            )
+            await websocket.send_denial_response(
+                _json_error(
+                    429,
+                    "too_many_connections",
+                    "this client key has too many open WebSockets; close some and retry",
+                    "rate_limit_error",
+                )
+            )
+            return
+        self.sockets_per_key[key_label] = key_sockets + 1  # reserved before any await
+        try:
+            await self._open(websocket, identity, headers)
+        finally:
+            left = self.sockets_per_key.get(key_label, 1) - 1
+            if left > 0:
+                self.sockets_per_key[key_label] = left
+            else:
+                self.sockets_per_key.pop(key_label, None)
+
+    async def _open(
+        self, websocket: WebSocket, identity: ClientIdentity, headers: dict[str, str]
+    ) -> None:
+        ctx = self.ctx
         forwarder: Forwarder
         accept_headers: list[tuple[bytes, bytes]] = []
         sess_key = session_key(headers)
@@ -111,26 +131,38 @@ class Gateway:
                     )
                 )
                 return
-            try:
-                pt = await PassthroughForwarder.open(ctx, account, headers)
-            except (DialFailed, PoolError) as exc:
-                metrics.handshakes.labels("upstream_failed").inc()
-                await websocket.send_denial_response(_dial_failure_response(exc))
-                return
-            turn_state = headers.get("x-codex-turn-state") or pt.upstream_turn_state
-            forwarder = pt
+            # The upstream is dialled on the first response.create: idle sockets hold none.
+            forwarder = PassthroughForwarder(ctx, account, headers)
         else:
-            cp = CtxPoolForwarder(ctx, identity, headers, sess_key)
-            turn_state = await cp.handshake_turn_state()
-            forwarder = cp
-        if turn_state:
-            accept_headers.append((b"x-codex-turn-state", turn_state.encode("latin-1")))
-        accept_headers.append((b"x-gateway-instance", ctx.instance_id.encode("latin-1", "replace")))
+            forwarder = CtxPoolForwarder(ctx, identity, headers, sess_key)
         try:
+            if isinstance(forwarder, PassthroughForwarder):
+                turn_state: str | None = forwarder.turn_state
+            else:
+                turn_state = await forwarder.handshake_turn_state()
+            if turn_state:
+                accept_headers.append((b"x-codex-turn-state", turn_state.encode("latin-1")))
+            accept_headers.append(
+                (b"x-gateway-instance", ctx.instance_id.encode("latin-1", "replace"))
+            )
             await websocket.accept(headers=accept_headers)
+        except asyncio.CancelledError:  # the handshake deadline passed
+            await forwarder.aclose()
+            raise
         except Exception:
             await forwarder.aclose()
             return
+        await self._serve(websocket, identity, headers, forwarder)
+
+    async def _serve(
+        self,
+        websocket: WebSocket,
+        identity: ClientIdentity,
+        headers: dict[str, str],
+        forwarder: Forwarder,
+    ) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
         metrics.handshakes.labels("accepted").inc()
         metrics.sessions.inc()
         session = ClientSession(
@@ -207,7 +239,19 @@ class Gateway:
             await session.close_for_drain(close_code)
 
 
-def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Starlette:
+def handshake_gate(cfg: Config) -> HandshakeGate:
+    server = cfg.server
+    return HandshakeGate(
+        server.handshake_timeout_s, server.max_pending_handshakes, server.max_header_bytes
+    )
+
+
+def build_app(
+    cfg: Config,
+    *,
+    span_exporter: SpanExporter | None = None,
+    gate: HandshakeGate | None = None,
+) -> Starlette:
     """The app for a config; tests pass an in-memory span exporter."""
     gateway = Gateway(cfg, span_exporter=span_exporter)
     routes: list[BaseRoute] = []
@@ -219,7 +263,8 @@ def build_app(cfg: Config, *, span_exporter: SpanExporter | None = None) -> Star
         Route("/readyz", gateway.readyz),
         Route("/metrics", gateway.metrics),
     ]
-    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    guard = Middleware(HandshakeGuard, gate=gate or handshake_gate(cfg))
+    app = Starlette(routes=routes, lifespan=gateway.lifespan, middleware=[guard])
     app.state.gateway = gateway
     return app
 
@@ -228,4 +273,7 @@ def create_app(config: Config | None = None) -> Starlette:
     """The uvicorn factory; reads GATEWAY_CONFIG when no config is given."""
     cfg = config or load_config()
     setup_logging(cfg.telemetry.log_level, cfg.telemetry.log_format)
-    return build_app(cfg)
+    # The factory runs inside uvicorn before it listens, under our launcher and the
+    # plain uvicorn command alike: the ingress limits are applied here, by the app.
+    gate = install_ingress_guard(handshake_gate(cfg))
+    return build_app(cfg, gate=gate)
