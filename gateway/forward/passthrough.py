@@ -195,7 +195,9 @@ class PassthroughForwarder:
             await self._upstream_lost(sink, None)
             return
         if tracker.error is not None:
-            self.broken = True  # an upstream error event retires the socket
+            # An upstream error event retires the socket; the upstream did not close it,
+            # so the client keeps its socket and the next turn dials a fresh one.
+            self._retire()
         metrics.events.labels(MODE).inc(tracker.events)
         if tracker.ttft_s is not None:
             metrics.ttft.labels(MODE).observe(tracker.ttft_s)
@@ -226,6 +228,12 @@ class PassthroughForwarder:
         except UpstreamError:
             self.broken = True
             await sink.send(error_event(502, "upstream_unavailable", "upstream connection lost"))
+
+    def _retire(self) -> None:
+        if self.lease is not None:
+            self.lease.release(broken=True)
+        self.lease = None
+        self.conn = None
 
     async def aclose(self) -> None:
         if self._closed:
