@@ -324,6 +324,12 @@ async def test_no_key_fragment_host_or_port_reaches_clients(sim: SimProcess, mod
         sim.control.add_fault(kind="http_status", status=401, message=KEY_MESSAGE, times=5)
         received += await collect_http(gw)
         sim.control.clear_faults()
+        if mode == "passthrough":  # ctx_pool relays this through its own error path
+            sim.control.add_fault(
+                kind="error_event", status=401, code="invalid_api_key", message=KEY_MESSAGE
+            )
+            received += await collect_ws(gw.ws_url, create("error event 401"))
+            sim.control.clear_faults()
         sim.control.add_fault(kind="close_after_events", after_events=1, code=1011, times=5)
         received += await collect_ws(gw.ws_url, create("cut"))
         sim.control.clear_faults()
