@@ -391,7 +391,8 @@ def _patch_sansio() -> None:
 
     def data_received(self: Any, data: bytes) -> None:
         received(self, data)
-        if not self.handshake_initiated and self.conn.handshake_exc is not None:
+        refused = getattr(self.conn, "handshake_exc", None) is not None
+        if refused and not getattr(self, "handshake_initiated", False):
             # The request was refused while parsing (e.g. 431): write the queued
             # response and close, which the stock protocol never does.
             log_client_mistake(
@@ -405,7 +406,7 @@ def _patch_sansio() -> None:
 
     async def guarded_send(self: Any, message: Message) -> None:
         await send(self, message)
-        if self.initial_response is not None and self.close_sent:
+        if getattr(self, "initial_response", None) is not None and self.close_sent:
             self.handshake_complete = True  # the denial response was written in full
 
     cls.data_received = data_received

@@ -345,3 +345,62 @@ async def test_no_key_fragment_host_or_port_reaches_clients(sim: SimProcess, mod
         received += await collect_http(gw)
     assert received, "the client got no answer at all"
     assert_no_leak(received, str(dead))
+
+
+async def test_pending_handshake_cap_refuses_extra_connections_at_once(sim: SimProcess) -> None:
+    cfg = gateway_config(
+        sim.base_url,
+        overrides={"server": {"max_pending_handshakes": 10, "handshake_timeout_s": 2.0}},
+    )
+    with gateway_via("uvicorn --factory", cfg) as gw:
+        held = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(10)]
+        for _, writer in held:
+            writer.write(b"GET /v1/responses HTTP/1.1\r\n")  # and never finish
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        answer = await asyncio.wait_for(reader.read(), 2)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 503 ")
+        # The held ones are cut by the deadline; then the gateway serves again.
+        for held_reader, held_writer in held:
+            assert (await asyncio.wait_for(held_reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+            held_writer.close()
+        assert await bystander_turn(gw) < 5.0
+
+
+async def test_header_section_over_budget_is_431_even_when_sent_in_small_pieces(
+    sim: SimProcess,
+) -> None:
+    cfg = gateway_config(sim.base_url, overrides={"server": {"max_header_bytes": 4096}})
+    with gateway_via("python -m gateway", cfg) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"POST /v1/responses HTTP/1.1\r\nHost: gw\r\n")
+        for i in range(20):  # 20 headers of 500 bytes, each its own write
+            writer.write(f"X-Pad-{i}: ".encode() + b"a" * 500 + b"\r\n")
+            await writer.drain()
+            if reader.at_eof():
+                break
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_per_client_key_socket_cap(sim: SimProcess) -> None:
+    cfg = gateway_config(sim.base_url, overrides={"server": {"max_sockets_per_client_key": 3}})
+    with run_gateway(cfg) as gw:
+        first = await open_idle(gw.ws_url, 3)
+        with pytest.raises(InvalidStatus) as refused:
+            await open_ws(gw.ws_url, auth_headers())
+        assert refused.value.response.status_code == 429
+        assert b"too_many_connections" in (refused.value.response.body or b"")
+        await first[0].close()
+        # The slot comes back once the server has seen the close: poll with a deadline.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while True:
+            try:
+                again = await open_ws(gw.ws_url, auth_headers())
+                break
+            except InvalidStatus:
+                assert loop.time() < deadline, "the closed socket's slot never came back"
+                await asyncio.sleep(0.05)
+        await asyncio.gather(again.close(), *(ws.close() for ws in first[1:]))
