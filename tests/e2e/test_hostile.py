@@ -334,6 +334,15 @@ async def test_no_key_fragment_host_or_port_reaches_clients(sim: SimProcess, mod
         received += await collect_ws(gw.ws_url, create("cut"))
         sim.control.clear_faults()
     assert_no_leak(received, port)
+    assert b"upstream_account_error" in received and b"acct-a" in received
+    # The WebSocket refused and the HTTP fallback refused too (ctx_pool falls back).
+    with run_gateway(cfg) as gw:
+        sim.control.add_fault(kind="handshake_status", status=401, message=KEY_MESSAGE, times=50)
+        sim.control.add_fault(kind="http_status", status=401, message=KEY_MESSAGE, times=50)
+        received = await collect_ws(gw.ws_url, create("both refused"))
+        sim.control.clear_faults()
+    assert_no_leak(received, port)
+    assert b"upstream_account_error" in received
     # Upstream down: nothing listens on the account's port.
     dead = free_port()
     cfg = gateway_config(
