@@ -243,17 +243,19 @@ class HandshakeGuard:
 
 # -- uvicorn protocol layer -------------------------------------------------------------
 
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: 25\r\n"
-    b"connection: close\r\n\r\nrequest headers too slow\n"
+
+def _plain_response(status_line: str, text: str, *extra: str) -> bytes:
+    body = text.encode()
+    head = [status_line, "content-type: text/plain", f"content-length: {len(body)}", *extra]
+    return ("\r\n".join([*head, "connection: close", "", ""])).encode() + body
+
+
+_TIMEOUT_RESPONSE = _plain_response("HTTP/1.1 408 Request Timeout", "request headers too slow\n")
+_BUSY_RESPONSE = _plain_response(
+    "HTTP/1.1 503 Service Unavailable", "too many pending handshakes\n", "retry-after: 1"
 )
-_BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 31\r\n"
-    b"retry-after: 1\r\nconnection: close\r\n\r\ntoo many pending handshakes...\n"
-)
-_TOO_LARGE_RESPONSE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
-    b"content-length: 25\r\nconnection: close\r\n\r\nrequest headers too large\n"
+_TOO_LARGE_RESPONSE = _plain_response(
+    "HTTP/1.1 431 Request Header Fields Too Large", "request headers too large\n"
 )
 
 

@@ -149,3 +149,14 @@ async def test_guard_passes_http_through_untouched() -> None:
     gate = HandshakeGate(timeout_s=5.0, max_pending=1, max_header_bytes=1024)
     await HandshakeGuard(app, gate)({"type": "http"}, _receive, Recorder())
     assert seen == ["http"] and gate.pending == 0
+
+
+def test_raw_refusals_are_well_formed_http() -> None:
+    from gateway import guard
+
+    for raw in (guard._TIMEOUT_RESPONSE, guard._BUSY_RESPONSE, guard._TOO_LARGE_RESPONSE):
+        head, body = raw.split(b"\r\n\r\n", 1)
+        lines = head.split(b"\r\n")
+        assert lines[0].split(b" ")[1] in (b"408", b"503", b"431")
+        assert f"content-length: {len(body)}".encode() in lines
+        assert b"connection: close" in lines
