@@ -259,26 +259,36 @@ _TOO_LARGE_RESPONSE = _plain_response(
 )
 
 
-def _refuse(transport: asyncio.Transport, response: bytes) -> None:
-    if not transport.is_closing():
-        transport.write(response)
-        transport.close()
+# After a refusal the peer may still be sending; closing at once would answer its
+# next bytes with a reset that can destroy our response before it is read. So: send,
+# shut our side, discard what still arrives, and close after a short linger.
+REFUSAL_LINGER_S = 1.0
 
 
-def _expire(ticket: Ticket, transport: asyncio.Transport, gate: HandshakeGate) -> None:
+def _refuse(proto: Any, response: bytes) -> None:
+    transport: asyncio.Transport = proto.transport
+    if transport.is_closing() or getattr(proto, "_gw_refused", False):
+        return
+    proto._gw_refused = True
+    transport.write(response)
+    if transport.can_write_eof():
+        transport.write_eof()
+    asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.close)
+
+
+def _expire(ticket: Ticket, proto: Any, gate: HandshakeGate) -> None:
     ticket.timer = None
     if ticket.claimed or ticket.released:
         return
     ticket.release()
-    if not transport.is_closing():
+    if not proto.transport.is_closing():
         gate.expired += 1
         log_client_mistake("handshake_timeout", "request headers not complete before the deadline")
-        _refuse(transport, _TIMEOUT_RESPONSE)
+        _refuse(proto, _TIMEOUT_RESPONSE)
 
 
 def _arm(proto: Any, gate: HandshakeGate) -> None:
     """Start the deadline for the request now arriving on ``proto``'s transport."""
-    transport: asyncio.Transport = proto.transport
     loop = asyncio.get_running_loop()
     ticket = gate.admit(loop.time())
     proto._gw_ticket = ticket
@@ -287,9 +297,9 @@ def _arm(proto: Any, gate: HandshakeGate) -> None:
         log_client_mistake(
             "handshake_cap", "too many pending handshakes; refused", limit=gate.max_pending
         )
-        _refuse(transport, _BUSY_RESPONSE)
+        _refuse(proto, _BUSY_RESPONSE)
         return
-    ticket.timer = loop.call_at(ticket.deadline, _expire, ticket, transport, gate)
+    ticket.timer = loop.call_at(ticket.deadline, _expire, ticket, proto, gate)
 
 
 def _live_ticket(proto: Any) -> Ticket | None:
@@ -341,15 +351,15 @@ def _patch_httptools(gate: HandshakeGate) -> None:
             _arm(self, gate)  # the next request on a kept-alive connection
 
     def data_received(self: Any, data: bytes) -> None:
-        if self.transport.is_closing():
-            return
+        if getattr(self, "_gw_refused", False) or self.transport.is_closing():
+            return  # refused: what still arrives is discarded
         received(self, data)
         if _live_ticket(self) is not None:
             self._gw_bytes += len(data)
             if self._gw_bytes > gate.max_header_bytes:
                 _live_ticket(self).release()  # type: ignore[union-attr]
                 log_client_mistake("headers_too_large", "request headers over the limit; 431")
-                _refuse(self.transport, _TOO_LARGE_RESPONSE)
+                _refuse(self, _TOO_LARGE_RESPONSE)
 
     def on_headers_complete(self: Any) -> None:
         headers_done(self)
