@@ -217,6 +217,14 @@ class Scheduler:
         if health.state is AccountState.HEALTHY:
             self._set(account_id, health, AccountState.COOLING)
 
+    def refused(self, account_id: str) -> None:
+        """The upstream refused the account itself (bad key, no access): out of rotation
+        at once, with a probe after ``probe_interval_s``."""
+        health = self._health[account_id]
+        health.until = self.clock() + self.policy.probe_interval_s
+        health.probing = False
+        self._set(account_id, health, AccountState.OPEN)
+
     def transport_failed(self, account_id: str) -> None:
         health = self._health[account_id]
         health.failures_in_a_row += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -22,12 +24,12 @@ from gateway.drain import SignalDrain
 from gateway.events import error_json
 from gateway.forward.ctx_pool import CtxPoolForwarder
 from gateway.forward.passthrough import PassthroughForwarder
+from gateway.guard import HandshakeGate, HandshakeGuard, install_ingress_guard, log_client_mistake
 from gateway.http_ingress import http_responses
 from gateway.logs import bind_log_fields, reset_log_fields, setup_logging, startup_summary
 from gateway.session import ClientSession, Forwarder
 from gateway.upstream.headers import session_key
-from gateway.upstream.ws import HandshakeRejected
-from pool import Dialer, DialFailed, PoolError
+from pool import Dialer
 
 log = logging.getLogger("gateway.app")
 
@@ -41,23 +43,6 @@ def _json_error(
         error_json(status, code, message, error_type),
         status_code=status,
         media_type="application/json",
-    )
-
-
-def _dial_failure_response(exc: Exception) -> Response:
-    cause = exc.__cause__ or exc
-    if isinstance(cause, HandshakeRejected):
-        status = cause.status if cause.status in (401, 403, 429) else 502
-        if cause.status >= 500:
-            status = 503
-        return _json_error(
-            status,
-            "upstream_handshake_rejected",
-            f"upstream refused the WebSocket: HTTP {cause.status}",
-            "upstream_error",
-        )
-    return _json_error(
-        503, "upstream_unavailable", f"upstream WebSocket unavailable: {cause}", "upstream_error"
     )
 
 
@@ -88,6 +73,8 @@ class Gateway:
         self.ctx = GatewayContext(
             cfg, span_exporter=span_exporter, dialer=dialer, http_transport=http_transport
         )
+        # Open client sockets per client key: one key cannot hold the whole process.
+        self.sockets_per_key: dict[str, int] = {}
 
     async def ws_endpoint(self, websocket: WebSocket) -> None:
         headers = {k.lower(): v for k, v in websocket.headers.items()}
@@ -150,13 +137,46 @@ class Gateway:
                 )
             )
             return
+        key_label = identity.key_id
+        key_sockets = self.sockets_per_key.get(key_label, 0)
+        if key_sockets >= ctx.cfg.server.max_sockets_per_client_key:
+            metrics.handshakes.labels("too_many_sockets").inc()
+            log_client_mistake(
+                "too_many_sockets",
+                "client key is at its socket limit; handshake refused",
+                client=key_label,
+                limit=ctx.cfg.server.max_sockets_per_client_key,
+            )
+            await websocket.send_denial_response(
+                _json_error(
+                    429,
+                    "too_many_connections",
+                    "this client key has too many open WebSockets; close some and retry",
+                    "rate_limit_error",
+                )
+            )
+            return
+        self.sockets_per_key[key_label] = key_sockets + 1  # reserved before any await
+        try:
+            await self._open(websocket, identity, headers)
+        finally:
+            left = self.sockets_per_key.get(key_label, 1) - 1
+            if left > 0:
+                self.sockets_per_key[key_label] = left
+            else:
+                self.sockets_per_key.pop(key_label, None)
+
+    async def _open(
+        self, websocket: WebSocket, identity: ClientIdentity, headers: dict[str, str]
+    ) -> None:
+        ctx = self.ctx
         forwarder: Forwarder
         accept_headers: list[tuple[bytes, bytes]] = []
         sess_key = session_key(headers)
         if ctx.cfg.openai_ws.mode == "passthrough":
             account = ctx.pick_account(identity.group)
             if account is None:
-                metrics.handshakes.labels("no_account").inc()
+                ctx.metrics.handshakes.labels("no_account").inc()
                 _log_denial(websocket, 503, "no_account")
                 await websocket.send_denial_response(
                     _json_error(
@@ -167,27 +187,38 @@ class Gateway:
                     )
                 )
                 return
-            try:
-                pt = await PassthroughForwarder.open(ctx, account, headers)
-            except (DialFailed, PoolError) as exc:
-                metrics.handshakes.labels("upstream_failed").inc()
-                _log_denial(websocket, 503, "upstream_failed", account=account.id, error=str(exc))
-                await websocket.send_denial_response(_dial_failure_response(exc))
-                return
-            turn_state = headers.get("x-codex-turn-state") or pt.upstream_turn_state
-            forwarder = pt
+            # The upstream is dialled on the first response.create: idle sockets hold none.
+            forwarder = PassthroughForwarder(ctx, account, headers)
         else:
-            cp = CtxPoolForwarder(ctx, identity, headers, sess_key)
-            turn_state = await cp.handshake_turn_state()
-            forwarder = cp
-        if turn_state:
-            accept_headers.append((b"x-codex-turn-state", turn_state.encode("latin-1")))
-        accept_headers.append((b"x-gateway-instance", ctx.instance_id.encode("latin-1", "replace")))
+            forwarder = CtxPoolForwarder(ctx, identity, headers, sess_key)
         try:
+            if isinstance(forwarder, PassthroughForwarder):
+                turn_state: str | None = forwarder.turn_state
+            else:
+                turn_state = await forwarder.handshake_turn_state()
+            if turn_state:
+                accept_headers.append((b"x-codex-turn-state", turn_state.encode("latin-1")))
+            accept_headers.append(
+                (b"x-gateway-instance", ctx.instance_id.encode("latin-1", "replace"))
+            )
             await websocket.accept(headers=accept_headers)
+        except asyncio.CancelledError:  # the handshake deadline passed
+            await forwarder.aclose()
+            raise
         except Exception:
             await forwarder.aclose()
             return
+        await self._serve(websocket, identity, headers, forwarder)
+
+    async def _serve(
+        self,
+        websocket: WebSocket,
+        identity: ClientIdentity,
+        headers: dict[str, str],
+        forwarder: Forwarder,
+    ) -> None:
+        ctx = self.ctx
+        metrics = ctx.metrics
         metrics.handshakes.labels("accepted").inc()
         metrics.sessions.inc()
         session = ClientSession(
@@ -280,12 +311,20 @@ class Gateway:
             await session.close_for_drain(close_code)
 
 
+def handshake_gate(cfg: Config) -> HandshakeGate:
+    server = cfg.server
+    return HandshakeGate(
+        server.handshake_timeout_s, server.max_pending_handshakes, server.max_header_bytes
+    )
+
+
 def build_app(
     cfg: Config,
     *,
     span_exporter: SpanExporter | None = None,
     dialer: Dialer | None = None,
     http_transport: httpx.AsyncBaseTransport | None = None,
+    gate: HandshakeGate | None = None,
 ) -> Starlette:
     """The app for a config; tests pass an in-memory span exporter and fake upstreams."""
     gateway = Gateway(
@@ -301,7 +340,8 @@ def build_app(
     ]
     if cfg.telemetry.metrics_enabled:
         routes.append(Route("/metrics", gateway.metrics))
-    app = Starlette(routes=routes, lifespan=gateway.lifespan)
+    guard = Middleware(HandshakeGuard, gate=gate or handshake_gate(cfg))
+    app = Starlette(routes=routes, lifespan=gateway.lifespan, middleware=[guard])
     app.state.gateway = gateway
     return app
 
@@ -311,4 +351,7 @@ def create_app(config: Config | None = None) -> Starlette:
     cfg = config or load_config()
     level = os.environ.get("GATEWAY_LOG_LEVEL") or cfg.telemetry.log_level
     setup_logging(level, cfg.telemetry.log_format)
-    return build_app(cfg)
+    # The factory runs inside uvicorn before it listens, under our launcher and the
+    # plain uvicorn command alike: the ingress limits are applied here, by the app.
+    gate = install_ingress_guard(handshake_gate(cfg))
+    return build_app(cfg, gate=gate)

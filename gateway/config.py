@@ -50,6 +50,14 @@ class ServerConfig(_Section):
     drain_timeout_s: NonNegFloat = 30.0
     drain_close_code: Literal[1001, 1012] = 1012
     trust_forwarded_headers: bool = False
+    # Hostile-client limits: a whole upgrade request (bytes and the app's answer) must
+    # finish within handshake_timeout_s; at most max_pending_handshakes connections per
+    # process may be mid-handshake (not yet authenticated); a request header section
+    # over max_header_bytes is answered 431 and closed.
+    handshake_timeout_s: PositiveFloat = 5.0
+    max_pending_handshakes: PositiveInt = 2048
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MIB)] = 64 * 1024
+    max_sockets_per_client_key: PositiveInt = 4096
 
 
 class ClientKey(_Section):

@@ -158,3 +158,93 @@ def error_json(status: int, code: str | None, message: str, error_type: str) -> 
     """HTTP JSON error body in the OpenAI shape."""
     body = {"error": {"message": message, "type": error_type, "code": code, "param": None}}
     return _encoder.encode(body)
+
+
+# -- upstream failures as clients may see them --------------------------------------
+#
+# The upstream's own words about an account (a 401 quoting part of the key, a quota
+# message) and transport details (host, port, resolver errors) go to the log only;
+# clients get a gateway error that names the account id, which operators can act on.
+
+ACCOUNT_ERROR_CODES: Final = frozenset(
+    {
+        "invalid_api_key",
+        "insufficient_quota",
+        "account_deactivated",
+        "organization_deactivated",
+        "invalid_organization",
+        "billing_hard_limit_reached",
+        "unsupported_country_region_territory",
+    }
+)
+ACCOUNT_ERROR_STATUSES: Final = frozenset({401, 402, 403})
+
+
+def is_account_error(status: int | None, code: str | None) -> bool:
+    """True when the upstream refused the gateway's account rather than the request."""
+    return status in ACCOUNT_ERROR_STATUSES or (code is not None and code in ACCOUNT_ERROR_CODES)
+
+
+def account_error_message(account_id: str, status: int | None, code: str | None) -> str:
+    what = f"HTTP {status}" if status else (code or "an account error")
+    return (
+        f"the upstream refused gateway account {account_id!r} ({what}); "
+        "the gateway operator must check that account"
+    )
+
+
+def account_error_event(account_id: str, status: int | None, code: str | None) -> str:
+    """The error event a client gets instead of the upstream's account error."""
+    return error_event(
+        502,
+        "upstream_account_error",
+        account_error_message(account_id, status, code),
+        error_type="server_error",
+    )
+
+
+def transport_error_message(what: str = "upstream") -> str:
+    """A transport failure, without hosts, ports or library text (those are logged)."""
+    return f"{what} unreachable or connection failed; retry shortly"
+
+
+_fields_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_error_body_decoder = msgspec.json.Decoder(ErrorBody | None)
+
+
+def sanitize_upstream_error(frame: str | bytes, etype: str, account_id: str) -> str | bytes:
+    """``frame`` as a client may see it; unchanged unless it is an account error.
+
+    Cheap for the hot path: only ``error`` and ``response.failed`` frames are decoded.
+    An account ``error`` event becomes a gateway error naming the account; a
+    ``response.failed`` keeps its shape with its ``error`` object replaced.
+    """
+    if etype == "error":
+        try:
+            peek = peek_error(frame)
+        except (msgspec.DecodeError, RecursionError):
+            return frame
+        status = peek.status if peek.status is not None else peek.status_code
+        code = peek.error.code if peek.error else None
+        if is_account_error(status, code):
+            return account_error_event(account_id, status, code)
+        return frame
+    if etype != "response.failed":
+        return frame
+    try:
+        fields = _fields_decoder.decode(frame)
+        response = _fields_decoder.decode(fields["response"]) if "response" in fields else {}
+        error = _error_body_decoder.decode(response["error"]) if "error" in response else None
+    except (msgspec.DecodeError, RecursionError):
+        return frame
+    code = error.code if error else None
+    if not is_account_error(None, code):
+        return frame
+    replacement = {
+        "code": "upstream_account_error",
+        "message": account_error_message(account_id, None, code),
+    }
+    response["error"] = msgspec.Raw(_encoder.encode(replacement))
+    fields["response"] = msgspec.Raw(_encoder.encode(response))
+    out = _encoder.encode(fields)
+    return out.decode() if isinstance(frame, str) else out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import httpx
@@ -10,10 +11,17 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway.context import GatewayContext
-from gateway.events import error_json
+from gateway.events import (
+    account_error_message,
+    error_json,
+    is_account_error,
+    transport_error_message,
+)
 from gateway.forward.http_fallback import http_headers
 from gateway.logs import log_fields, log_http_request
 from gateway.upstream.headers import forwarded_headers, session_key
+
+log = logging.getLogger("gateway.http_ingress")
 
 _PASS_RESPONSE_HEADERS = (
     "content-type",
@@ -76,7 +84,32 @@ async def _serve(ctx: GatewayContext, request: Request, headers: dict[str, str])
             client.build_request("POST", url, content=body, headers=upstream_headers), stream=True
         )
     except httpx.HTTPError as exc:
-        return _error(502, "upstream_unavailable", f"HTTP upstream failed: {exc}", "server_error")
+        log.warning(
+            "HTTP upstream transport failed",
+            extra={"event": "upstream_http_failed", "account": account.id, "error": repr(exc)},
+        )
+        return _error(
+            502, "upstream_unavailable", transport_error_message("HTTP upstream"), "server_error"
+        )
+    if is_account_error(upstream.status_code, None):
+        # The upstream's body may quote the account key: it goes to the log, not the client.
+        body = await upstream.aread()
+        await upstream.aclose()
+        log.warning(
+            "upstream refused the account over HTTP",
+            extra={
+                "event": "upstream_account_error",
+                "account": account.id,
+                "status": upstream.status_code,
+                "body": body[:200].decode("utf-8", "replace"),
+            },
+        )
+        return _error(
+            502,
+            "upstream_account_error",
+            account_error_message(account.id, upstream.status_code, None),
+            "server_error",
+        )
     out_headers = {k: upstream.headers[k] for k in _PASS_RESPONSE_HEADERS if k in upstream.headers}
     out_headers["x-gateway-instance"] = ctx.instance_id
     ctx.metrics.http_requests.inc()

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.events import is_account_error
 from gateway.turn import UpstreamErrorInfo
 from gateway.upstream.ws import (
     DialError,
@@ -39,6 +40,7 @@ class Failure(StrEnum):
     TOOL_OUTPUT_MISSING = "tool_output_missing"
     ORPHAN_OUTPUT = "tool_call_missing"  # an output whose call the upstream never saw
     RATE_LIMITED = "rate_limited"  # error event 429 / quota: this account refuses work for now
+    ACCOUNT_REFUSED = "account_refused"  # error event 401/403: the account itself is broken
     CONNECTION_LIMIT = "websocket_connection_limit_reached"
     ERROR_TRANSIENT = "upstream_server_error"
     ERROR_FINAL = "upstream_request_error"  # the upstream rejected the request itself
@@ -107,6 +109,8 @@ TRANSPORT_FAILURES = frozenset(
 def classify_error_event(err: UpstreamErrorInfo) -> Failure:
     if err.is_rate_limit:
         return Failure.RATE_LIMITED
+    if is_account_error(err.status, err.code):
+        return Failure.ACCOUNT_REFUSED
     if err.is_previous_not_found:
         return Failure.PREVIOUS_NOT_FOUND
     if err.is_tool_output_missing:
@@ -166,6 +170,8 @@ def next_action(
     if failure in RATE_LIMITS:
         # Retrying a limited account only burns its quota further: move or give up.
         return Action.FAILOVER if can_failover else Action.FAIL
+    if failure is Failure.ACCOUNT_REFUSED:
+        return Action.FAILOVER if can_failover else Action.RELAY_ERROR
     if failure is Failure.PREVIOUS_NOT_FOUND:
         if recovery_enabled and can_align and Action.ALIGN not in state.tried:
             return Action.ALIGN

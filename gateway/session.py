@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gateway.auth import ClientIdentity
 from gateway.events import error_event, event_type
+from gateway.guard import log_client_mistake
 
 log = logging.getLogger("gateway.session")
 
@@ -154,6 +155,7 @@ class ClientSession:
             try:
                 return bytes(data).decode()
             except UnicodeDecodeError:
+                log_client_mistake("invalid_payload", "binary frame is not UTF-8; answered 400")
                 await self.sink.send(
                     error_event(400, "invalid_payload", "binary frame is not UTF-8 JSON")
                 )
@@ -172,9 +174,12 @@ class ClientSession:
             try:
                 etype = event_type(frame)
             except msgspec.DecodeError as exc:
+                # A client's mistake: a precise 400, one rate-limited info line, no traceback.
+                log_client_mistake("invalid_json", "malformed JSON frame; answered 400")
                 await self.sink.send(error_event(400, "invalid_json", f"malformed JSON: {exc}"))
                 continue
-            except Exception:
+            except (RecursionError, ValueError, TypeError):
+                log_client_mistake("invalid_json", "undecodable frame; answered 400")
                 await self.sink.send(
                     error_event(400, "invalid_json", "message must be a JSON object")
                 )

@@ -60,10 +60,11 @@ LATENCY_BUCKETS = (
 
 # Label values known before any traffic; each becomes a zero series at startup.
 ACCOUNT_STATES = tuple(state.value for state in AccountState)
-FAILOVER_REASONS = ("rate_limited", "handshake_429", "account_open")
+FAILOVER_REASONS = ("rate_limited", "handshake_429", "account_refused", "account_open")
 TURN_OUTCOMES = (
     *(o.value for o in Outcome),
     "upstream_lost",  # passthrough: the upstream socket closed mid-turn
+    "upstream_failed",  # passthrough: the upstream could not be dialled for the turn
 )
 HANDSHAKE_RESULTS = (
     "accepted",

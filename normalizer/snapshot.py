@@ -9,12 +9,18 @@ the very bytes that came in, and a changed one re-encodes only what changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+# Bounds on what one request may make us build: msgspec stops deep nesting itself
+# (RecursionError), and the item count is checked while the array is decoded.
+MAX_INPUT_ITEMS = 100_000
+
 _top_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_items_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_items_decoder = msgspec.json.Decoder(
+    Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_INPUT_ITEMS)]
+)
 _str_decoder = msgspec.json.Decoder(str)
 _opt_str_decoder = msgspec.json.Decoder(str | None)
 _opt_bool_decoder = msgspec.json.Decoder(bool | None)
@@ -125,13 +131,26 @@ def _peek(
 
 
 def decode_request(frame: bytes | str) -> RequestSnapshot:
-    data = frame.encode() if isinstance(frame, str) else frame
+    """Decode a request frame; any frame that cannot be used raises RequestDecodeError."""
+    try:
+        data = frame.encode() if isinstance(frame, str) else frame
+    except UnicodeEncodeError:
+        raise RequestDecodeError("request text is not valid UTF-8 (lone surrogate)") from None
+    try:
+        return _decode(data)
+    except RecursionError:
+        raise RequestDecodeError("JSON nesting is too deep") from None
+    except msgspec.ValidationError as exc:
+        raise RequestDecodeError(f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RequestDecodeError(f"malformed JSON: {exc}") from None
+
+
+def _decode(data: bytes) -> RequestSnapshot:
     try:
         fields = _top_decoder.decode(data)
     except msgspec.ValidationError:
         raise RequestDecodeError("request must be a JSON object") from None
-    except msgspec.DecodeError as exc:
-        raise RequestDecodeError(f"malformed JSON: {exc}") from None
     kind = _peek(fields, "type", _opt_str_decoder, "a string") or "response.create"
     raw_input = fields.get("input")
     items: tuple[Item, ...] = ()
@@ -140,7 +159,10 @@ def decode_request(frame: bytes | str) -> RequestSnapshot:
         first = memoryview(raw_input)[:1].tobytes()
         if first == b'"':
             input_is_string = True
-            text = _str_decoder.decode(raw_input)
+            try:
+                text = _str_decoder.decode(raw_input)
+            except msgspec.DecodeError:
+                raise RequestDecodeError("field 'input' must be a valid JSON string") from None
             items = (
                 make_item(
                     {
@@ -151,7 +173,13 @@ def decode_request(frame: bytes | str) -> RequestSnapshot:
                 ),
             )
         elif first == b"[":
-            items = tuple(item_from_raw(raw) for raw in _items_decoder.decode(raw_input))
+            try:
+                raw_items = _items_decoder.decode(raw_input)
+            except msgspec.ValidationError:
+                raise RequestDecodeError(
+                    f"field 'input' has more than {MAX_INPUT_ITEMS} items"
+                ) from None
+            items = tuple(item_from_raw(raw) for raw in raw_items)
         elif memoryview(raw_input).tobytes() != b"null":
             raise RequestDecodeError("field 'input' must be a string or an array")
     return RequestSnapshot(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from gateway.accounts import retry_after_s
 from gateway.config import Account
 from gateway.context import GatewayContext
+from gateway.events import sanitize_upstream_error
 from gateway.forward.continuation import Continuation
 from gateway.forward.facts import Outcome, TurnFacts
 from gateway.forward.liveness import recv_live
@@ -123,7 +124,7 @@ class WsAttempt:
             try:
                 with ctx.tracing.child("upstream.write", **{"gateway.bytes": len(result.payload)}):
                     await conn.send_text(result.payload, timeout=ctx.cfg.openai_ws.write_timeout_s)
-                await self._relay(conn, tracker, sink)
+                await self._relay(conn, tracker, sink, plan.account.id)
             except (UpstreamError, TimeoutError, OSError) as exc:
                 ctx.conn_forget(conn)
                 raise AttemptFailed(
@@ -194,7 +195,9 @@ class WsAttempt:
                 },
             )
 
-    async def _relay(self, conn: UpstreamWS, tracker: TurnTracker, sink: ClientSink) -> None:
+    async def _relay(
+        self, conn: UpstreamWS, tracker: TurnTracker, sink: ClientSink, account_id: str
+    ) -> None:
         ws_cfg = self.ctx.cfg.openai_ws
         added = self.ctx.metrics.added_latency.labels(MODE)
         send = sink.send
@@ -217,6 +220,8 @@ class WsAttempt:
             etype = observe(message)
             if etype == "error" and tracker.events == 1:
                 return  # decided by the caller: recover, retry or relay
+            if tracker.done:  # a terminal may carry an account error: never the key
+                message = sanitize_upstream_error(message, etype, account_id)
             if await send(message):
                 added.observe(time.perf_counter() - received)
             if tracker.done:

@@ -24,6 +24,7 @@ from opentelemetry import trace
 from gateway.auth import ClientIdentity
 from gateway.config import Account
 from gateway.context import GatewayContext
+from gateway.events import sanitize_upstream_error
 from gateway.forward.attempt import MODE, AttemptFailed, Delivered, Plan, WsAttempt
 from gateway.forward.binder import BindWriter
 from gateway.forward.continuation import SocketState, resolve_continuation
@@ -189,6 +190,8 @@ class CtxPoolForwarder:
         scheduler = self.ctx.scheduler
         if failed.failure in RATE_LIMITS:
             scheduler.rate_limited(account.id, failed.retry_after_s)
+        elif failed.failure is Failure.ACCOUNT_REFUSED:
+            scheduler.refused(account.id)
         elif failed.failure in TRANSPORT_FAILURES:
             scheduler.transport_failed(account.id)
 
@@ -316,7 +319,8 @@ class CtxPoolForwarder:
         error = failed.error
         if error is None:
             return await self._fail(plan, failed, attempts, sink)
-        await sink.send(error.frame)
+        # The upstream's words about an account may quote its key: never to the client.
+        await sink.send(sanitize_upstream_error(error.frame, "error", plan.account.id))
         self.ctx.metrics.client_errors.labels(error.code or "upstream_error").inc()
         return Outcome.UPSTREAM_ERROR
 

@@ -6,6 +6,7 @@ WebSocket transport would have sent.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 
@@ -14,7 +15,13 @@ import msgspec
 
 from gateway.config import Account
 from gateway.context import GatewayContext
-from gateway.events import error_event
+from gateway.events import (
+    account_error_message,
+    error_event,
+    is_account_error,
+    sanitize_upstream_error,
+    transport_error_message,
+)
 from gateway.session import ClientSink
 from gateway.turn import TurnTracker
 from gateway.upstream.http import HttpUpstreamError, iter_sse_data, open_stream
@@ -22,6 +29,7 @@ from normalizer import to_http_body
 from normalizer.snapshot import RequestSnapshot
 
 _HOP_HEADERS = {"openai-beta"}
+log = logging.getLogger("gateway.http_fallback")
 
 
 class HttpTurnFailed(Exception):
@@ -69,15 +77,33 @@ async def run_http_turn(
     try:
         async with open_stream(client, url, body, http_headers(account, forwarded)) as response:
             async for data in iter_sse_data(response.aiter_lines()):
-                tracker.observe(data)
-                await sink.send(data)
+                etype = tracker.observe(data)
+                await sink.send(
+                    sanitize_upstream_error(data, etype, account.id) if tracker.done else data
+                )
                 if tracker.done:
                     break
     except HttpUpstreamError as exc:
         try:
             parsed = msgspec.json.decode(exc.body, type=_UpstreamErrorBody).error
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             parsed = None
+        code = parsed.code if parsed and parsed.code else None
+        if is_account_error(exc.status, code):
+            # The upstream's words may quote the account key: they go to the log only.
+            log.warning(
+                "upstream refused the account over HTTP",
+                extra={
+                    "event": "upstream_account_error",
+                    "account": account.id,
+                    "status": exc.status,
+                },
+            )
+            raise HttpTurnFailed(
+                502,
+                "upstream_account_error",
+                account_error_message(account.id, exc.status, code),
+            ) from None
         message = (
             parsed.message
             if parsed and parsed.message
@@ -85,12 +111,18 @@ async def run_http_turn(
         )
         raise HttpTurnFailed(
             exc.status,
-            (parsed.code if parsed and parsed.code else None) or f"upstream_http_{exc.status}",
+            code or f"upstream_http_{exc.status}",
             message,
             parsed.type if parsed else "upstream_error",
         ) from None
     except httpx.HTTPError as exc:
-        raise HttpTurnFailed(502, "upstream_unavailable", f"HTTP upstream failed: {exc}") from None
+        log.warning(
+            "HTTP upstream transport failed",
+            extra={"event": "upstream_http_failed", "account": account.id, "error": repr(exc)},
+        )
+        raise HttpTurnFailed(
+            502, "upstream_unavailable", transport_error_message("HTTP upstream")
+        ) from None
     if not tracker.done and tracker.events:
         await sink.send(
             error_event(

@@ -68,3 +68,36 @@ def test_items_peek_type_and_call_id() -> None:
     assert numeric.call_id is None
     made = make_item({"type": "function_call_output", "call_id": "c2", "output": "aborted"})
     assert json.loads(bytes(made.raw))["call_id"] == "c2"
+
+
+# -- hostile input: every failure is a RequestDecodeError with a short reason --------
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b'{"input":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nesting is too deep"),
+        (b'{"input":[{"type":' + b"{" * 5000 + b"}" * 5000 + b"}]}", "malformed JSON"),
+        (b'{"input":[{"content":' + b"[" * 5000 + b"]" * 5000 + b"}]}", "nesting is too deep"),
+        ('{"input":"\ud800"}', "not valid UTF-8"),
+        (b'{"input":"\xff"}', "valid JSON string"),
+        (b'{"model":NaN}', "malformed JSON"),
+        (b'{"input":5}', "must be a string or an array"),
+        (b'{"model":[1]}', "must be a string"),
+    ],
+)
+def test_undecodable_requests_are_client_errors(frame: bytes | str, reason: str) -> None:
+    with pytest.raises(RequestDecodeError) as err:
+        decode_request(frame)
+    assert reason in str(err.value)
+    assert len(str(err.value)) < 200
+
+
+def test_input_item_count_is_capped_during_decode() -> None:
+    from normalizer.snapshot import MAX_INPUT_ITEMS
+
+    at_cap = b'{"input":[' + b",".join([b"{}"] * MAX_INPUT_ITEMS) + b"]}"
+    assert len(decode_request(at_cap).items) == MAX_INPUT_ITEMS
+    over = b'{"input":[' + b",".join([b"{}"] * (MAX_INPUT_ITEMS + 1)) + b"]}"
+    with pytest.raises(RequestDecodeError, match="more than"):
+        decode_request(over)

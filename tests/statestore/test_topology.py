@@ -73,8 +73,7 @@ def test_every_redis_scheme_opens_a_redis_store_without_dialling() -> None:
 
 # The smallest config that starts: one client key and one account.
 _MINIMAL = (
-    '[[clients]]\nkey = "sk-c"\ngroup = "default"\n'
-    '[[accounts]]\nid = "a"\napi_key = "sk-a"\n'
+    '[[clients]]\nkey = "sk-c"\ngroup = "default"\n[[accounts]]\nid = "a"\napi_key = "sk-a"\n'
 )
 
 
