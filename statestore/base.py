@@ -16,6 +16,7 @@ class TurnBinding(msgspec.Struct, frozen=True, kw_only=True):
     response_id: str
     session_key: str | None = None
     pending_calls: dict[str, str] = {}  # call_id -> call item type; {} = known: none pending
+    stored: bool = False  # the upstream stored the response: any socket can continue it
     turn_state: str | None = None
     conn_id: str | None = None  # in-process only: it means nothing on another instance
 
@@ -25,6 +26,7 @@ class Continuation(msgspec.Struct, frozen=True, kw_only=True):
 
     account_id: str | None = None
     pending_calls: dict[str, str] | None = None  # None: unknown
+    stored: bool = False  # the response was stored upstream (store: true)
     session_last_response_id: str | None = None
     turn_state: str | None = None
     conn_id: str | None = None  # local only

@@ -1,6 +1,7 @@
 """Redis key layout.
 
-``<prefix>:{r:<group>:<response_id>}:acct`` / ``:pend`` and
+``<prefix>:{r:<group>:<response_id>}:acct`` / ``:pend`` / ``:stored`` (only for a
+response the upstream stored) and
 ``<prefix>:{s:<group>:<session>}:last`` / ``:ts``. The ``{hash-tag}`` puts every key of
 one response (or of one session) in one Redis Cluster slot, so each group of keys can be
 read with one MGET. Group, response id and session key are escaped so a ``:`` can't
@@ -35,6 +36,10 @@ class RedisKeys:
         """(account key, pending-calls key)."""
         base = self.response_base(group, response_id)
         return base + ":acct", base + ":pend"
+
+    def stored(self, group: str, response_id: str) -> str:
+        """Present ("1") when the upstream stored the response; same slot as the others."""
+        return self.response_base(group, response_id) + ":stored"
 
     def session(self, group: str, session_key: str) -> tuple[str, str]:
         """(last-response key, turn-state key)."""

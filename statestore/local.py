@@ -15,6 +15,7 @@ class ResponseRecord(msgspec.Struct, frozen=True):
 
     account_id: str
     pending_calls: dict[str, str] | None  # None: unknown (e.g. written by an older writer)
+    stored: bool = False
 
 
 class LocalState:
@@ -33,7 +34,9 @@ class LocalState:
     def bind(self, b: TurnBinding) -> None:
         ttl = self.ttl_s
         self.responses.set(
-            (b.group, b.response_id), ResponseRecord(b.account_id, dict(b.pending_calls)), ttl
+            (b.group, b.response_id),
+            ResponseRecord(b.account_id, dict(b.pending_calls), b.stored),
+            ttl,
         )
         if b.conn_id:
             self.conn.set(b.response_id, b.conn_id, ttl)

@@ -39,11 +39,13 @@ class MemoryStore:
     ) -> Continuation:
         local = self.local
         account = pending = conn = last = turn_state = None
+        stored = False
         if response_id:
             record = local.response(group, response_id)
             if record is not None:
                 account = record.account_id
                 pending = None if record.pending_calls is None else dict(record.pending_calls)
+                stored = record.stored
             conn = local.conn.get(response_id)
             self._hooks.on_cache(record is not None)
         if session_key:
@@ -52,6 +54,7 @@ class MemoryStore:
         return Continuation(
             account_id=account,
             pending_calls=pending,
+            stored=stored,
             session_last_response_id=last,
             turn_state=turn_state,
             conn_id=conn,

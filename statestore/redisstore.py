@@ -51,6 +51,7 @@ class _Fetched:
     pttl: int = -2
     account: bytes | None = None
     pending: bytes | None = None
+    stored: bytes | None = None
     last: bytes | None = None
     turn_state: bytes | None = None
 
@@ -190,6 +191,8 @@ class RedisStore:
         acct_key, pend_key = self.keys.response(b.group, b.response_id)
         pipe.set(acct_key, b.account_id, px=ttl_ms)
         pipe.set(pend_key, _encode(b.pending_calls), px=ttl_ms)
+        if b.stored:
+            pipe.set(self.keys.stored(b.group, b.response_id), "1", px=ttl_ms)
         if b.session_key:
             last_key, ts_key = self.keys.session(b.group, b.session_key)
             pipe.set(last_key, b.response_id, px=ttl_ms)
@@ -205,6 +208,10 @@ class RedisStore:
         acct_key, pend_key = self.keys.response(b.group, b.response_id)
         pipe.set(acct_key, b.account_id, px=left_ms)
         pipe.set(pend_key, _encode(b.pending_calls), px=left_ms)
+        queued = 2
+        if b.stored:
+            pipe.set(self.keys.stored(b.group, b.response_id), "1", px=left_ms)
+            queued = 3
         override = self.unsynced.owns_session(item)
         if override is not None and b.session_key:
             before = override.redis_last_before
@@ -218,13 +225,13 @@ class RedisStore:
                 override.turn_state or "",
                 left_ms,
             )
-            return 3
-        return 2
+            return queued + 1
+        return queued
 
     async def forget_response(self, group: str, response_id: str) -> None:
         self.local.forget(group, response_id)
         self.unsynced.forget(group, response_id)
-        keys = self.keys.response(group, response_id)
+        keys = (*self.keys.response(group, response_id), self.keys.stored(group, response_id))
         await self._run("forget", lambda: self.client.delete(*keys))
 
     # -- reads -------------------------------------------------------------------------
@@ -244,7 +251,9 @@ class RedisStore:
             return self._answer(record, None, None, conn, used_local=record is not None)
 
         response_keys = (
-            self.keys.response(group, response_id) if response_id and fetch_response else None
+            (*self.keys.response(group, response_id), self.keys.stored(group, response_id))
+            if response_id and fetch_response
+            else None
         )
         session_keys = self.keys.session(group, session_key) if session_key else None
 
@@ -260,7 +269,7 @@ class RedisStore:
             fetched = _Fetched()
             if response_keys is not None:
                 fetched.pttl = int(next(replies))
-                fetched.account, fetched.pending = next(replies)
+                fetched.account, fetched.pending, fetched.stored = next(replies)
             if session_keys is not None:
                 fetched.last, fetched.turn_state = next(replies)
             return fetched
@@ -275,7 +284,11 @@ class RedisStore:
 
         used_local, used_redis = record is not None, False
         if response_id and got.account is not None:
-            record = ResponseRecord(got.account.decode("utf-8", "replace"), _pending(got.pending))
+            record = ResponseRecord(
+                got.account.decode("utf-8", "replace"),
+                _pending(got.pending),
+                got.stored is not None,
+            )
             # Backfill with what is left of the Redis TTL, not a fresh one.
             ttl = self.ttl_s if got.pttl < 0 else min(got.pttl / 1000, self.ttl_s)
             local.responses.set((group, response_id), record, ttl)
@@ -323,6 +336,7 @@ class RedisStore:
         return Continuation(
             account_id=None if record is None else record.account_id,
             pending_calls=pending,
+            stored=record is not None and record.stored,
             session_last_response_id=last,
             turn_state=turn_state,
             conn_id=conn,

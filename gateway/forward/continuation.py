@@ -70,7 +70,12 @@ async def resolve_continuation(
         anchor = session_last  # inference / store:false alignment target (normalizer decides)
     if anchor == prev:
         return Continuation(
-            anchor, found.account_id, found.pending_calls, found.conn_id, session_last
+            anchor,
+            found.account_id,
+            found.pending_calls,
+            found.conn_id,
+            session_last,
+            found.stored,
         )
     if anchor == last:
         return Continuation.of_socket(local, session_last)
@@ -82,4 +87,5 @@ async def resolve_continuation(
         other.pending_calls,
         other.conn_id,
         session_last,
+        other.stored,
     )

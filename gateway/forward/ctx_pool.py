@@ -389,6 +389,7 @@ class CtxPoolForwarder:
                 pending_calls=pending,
                 turn_state=self.turn_state,
                 conn_id=conn_id,
+                stored=sent.store is True,
             )
         )
 

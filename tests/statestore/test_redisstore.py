@@ -230,3 +230,20 @@ async def test_unreachable_redis_degrades_to_local_state(
     assert ("bind", False) in hooks.ops and ("ping", False) in hooks.ops
     assert len(as_redis(store).unsynced) == 1  # kept for write-back
     await store.aclose()
+
+
+async def test_a_stored_response_is_known_as_stored_on_another_instance(
+    pair: tuple[StateStore, StateStore, RecordingHooks], raw: aioredis.Redis, key_prefix: str
+) -> None:
+    a, b, _ = pair
+    await a.bind_turn(msgspec.structs.replace(binding("r_stored"), stored=True))
+    await a.bind_turn(binding("r_plain"))
+    assert (await b.lookup("g", response_id="r_stored", session_key=None)).stored
+    assert not (await b.lookup("g", response_id="r_plain", session_key=None)).stored
+    # Only a stored response costs the extra key; it lives in the response's slot.
+    assert await raw.get(f"{key_prefix}:{{r:g:r_stored}}:stored") == b"1"
+    assert await raw.get(f"{key_prefix}:{{r:g:r_plain}}:stored") is None
+    # The instance that bound it answers from its own cache the same way.
+    assert (await a.lookup("g", response_id="r_stored", session_key=None)).stored
+    await b.forget_response("g", "r_stored")
+    assert await raw.get(f"{key_prefix}:{{r:g:r_stored}}:stored") is None
