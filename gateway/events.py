@@ -104,6 +104,14 @@ def peek_response(frame: str | bytes) -> ResponsePeek:
     return peek.response or ResponsePeek()
 
 
+_response_object_decoder = msgspec.json.Decoder(ResponsePeek)
+
+
+def peek_response_object(body: str | bytes) -> ResponsePeek:
+    """A response object itself (the JSON body of a non-streamed POST /v1/responses)."""
+    return _response_object_decoder.decode(body)
+
+
 def peek_error(frame: str | bytes) -> ErrorEventPeek:
     return _error_decoder.decode(frame)
 

@@ -105,6 +105,25 @@ class Tracing:
             finally:
                 _name_after_model(span, operation)
 
+    def open_turn(self, operation: str, parent: otel_context.Context | None) -> Span:
+        """A turn span that outlives the handler (a streamed HTTP turn): not made current
+        (enter it with ``trace.use_span(span, end_on_exit=False)``), ended by ``close_turn``."""
+        if self._tracer is None:
+            return INVALID_SPAN
+        span = self._tracer.start_span(operation, context=parent, kind=SpanKind.SERVER)
+        span.set_attribute("gen_ai.operation.name", operation)
+        span.set_attribute("gen_ai.provider.name", PROVIDER)
+        session = current_log_fields().get("session")
+        if isinstance(session, str) and session:
+            span.set_attribute("gen_ai.conversation.id", session)
+        return span
+
+    def close_turn(self, span: Span, operation: str) -> None:
+        if span is INVALID_SPAN:
+            return
+        _name_after_model(span, operation)
+        span.end()
+
     @contextlib.contextmanager
     def child(self, name: str, **attributes: str | int | float | bool) -> Iterator[Span]:
         """A child of the current span; free when tracing is off."""

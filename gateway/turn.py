@@ -18,9 +18,11 @@ import msgspec
 from gateway.events import (
     RESPONSE_TERMINAL_TYPES,
     ErrorEventPeek,
+    ResponsePeek,
     event_type,
     peek_error,
     peek_response,
+    peek_response_object,
     pending_calls,
 )
 
@@ -28,6 +30,14 @@ _ORPHAN_OUTPUT = re.compile(r"No tool call found for [a-z ]*output with call_id 
 _MISSING_OUTPUT = re.compile(
     r"No tool output found for ((?:custom )?tool call|function call) ([^\s.]+)", re.I
 )
+
+
+_STATUS_TERMINAL = {
+    "completed": "response.completed",
+    "failed": "response.failed",
+    "incomplete": "response.incomplete",
+    "cancelled": "response.cancelled",
+}
 
 
 class TurnOutcome(StrEnum):
@@ -140,28 +150,43 @@ class TurnTracker:
             self.response_id = resp.id or self.response_id
             self.model = resp.model
         elif etype in RESPONSE_TERMINAL_TYPES:
-            resp = peek_response(frame)
-            self.response_id = resp.id or self.response_id
-            self.model = resp.model or self.model
-            self.status = resp.status
-            self.output = resp.output
-            self.pending = pending_calls(resp.output)
-            if resp.usage is not None:
-                self.input_tokens = resp.usage.input_tokens
-                self.output_tokens = resp.usage.output_tokens
-                self.total_tokens = resp.usage.total_tokens
-            if etype == "response.completed" or etype == "response.done":
-                self.outcome = TurnOutcome.COMPLETED
-            elif etype == "response.failed":
-                self.outcome = TurnOutcome.FAILED
-            elif etype == "response.incomplete":
-                self.outcome = TurnOutcome.INCOMPLETE
-            else:
-                self.outcome = TurnOutcome.CANCELLED
+            self._terminal(peek_response(frame), etype)
         elif etype == "error":
             self.error = UpstreamErrorInfo.from_peek(peek_error(frame), frame)
             self.outcome = TurnOutcome.ERROR
         return etype
+
+    def observe_response(self, body: str | bytes) -> None:
+        """Account for a whole response object (a non-streamed HTTP turn's JSON body)."""
+        self.events += 1
+        if self.first_event_at is None:
+            self.first_event_at = time.perf_counter()
+        try:
+            resp = peek_response_object(body)
+        except msgspec.DecodeError:
+            self.outcome = TurnOutcome.ERROR
+            return
+        etype = _STATUS_TERMINAL.get(resp.status, "response.completed")
+        self._terminal(resp, etype)
+
+    def _terminal(self, resp: ResponsePeek, etype: str) -> None:
+        self.response_id = resp.id or self.response_id
+        self.model = resp.model or self.model
+        self.status = resp.status
+        self.output = resp.output
+        self.pending = pending_calls(resp.output)
+        if resp.usage is not None:
+            self.input_tokens = resp.usage.input_tokens
+            self.output_tokens = resp.usage.output_tokens
+            self.total_tokens = resp.usage.total_tokens
+        if etype == "response.completed" or etype == "response.done":
+            self.outcome = TurnOutcome.COMPLETED
+        elif etype == "response.failed":
+            self.outcome = TurnOutcome.FAILED
+        elif etype == "response.incomplete":
+            self.outcome = TurnOutcome.INCOMPLETE
+        else:
+            self.outcome = TurnOutcome.CANCELLED
 
     @property
     def ttft_s(self) -> float | None:

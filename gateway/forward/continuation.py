@@ -55,7 +55,7 @@ class Continuation:
 async def resolve_continuation(
     store: StateStore,
     group: str,
-    session_key: str,
+    session_key: str | None,
     local: SocketState,
     request: RequestSnapshot,
 ) -> Continuation:

@@ -209,6 +209,7 @@ class Services:
     codex_key: str
     sim_url: str
     cluster: Any = None  # tests.e2e.cluster.Cluster in "cluster" mode
+    gateway_url: str = ""  # the single gateway's base URL (gateway mode)
 
 
 @contextmanager
@@ -232,7 +233,7 @@ def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[Serv
         cfg = gateway_config(sim.base_url, overrides=scenario.get("gateway_overrides") or {})
         gateway = stack.enter_context(run_gateway(cfg))
         stack.callback(lambda: result.__setitem__("gateway_output", gateway.proc.output()))
-        yield Services(f"{gateway.http_url}/v1", CLIENT_KEY, sim_url)
+        yield Services(f"{gateway.http_url}/v1", CLIENT_KEY, sim_url, gateway_url=gateway.http_url)
 
 
 class FaultArmer(threading.Thread):
@@ -351,6 +352,12 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
                     )
                     if gw.proc.proc is not None and gw.proc.proc.poll() is None
                 }
+            if services.gateway_url:
+                import httpx
+
+                result["gateway_metrics"] = httpx.get(
+                    services.gateway_url + "/metrics", timeout=5
+                ).text
             result["sim_log"] = control.log()
             control.close()
     except Exception:

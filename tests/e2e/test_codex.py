@@ -263,6 +263,31 @@ def test_mode_off_gets_426_and_codex_uses_http(codex_binary: str) -> None:
     assert "function_call" in item_types(http[1]) and "function_call_output" in item_types(http[1])
 
 
+def _metric(result: dict[str, Any], name: str, **labels: str) -> float:
+    total = 0.0
+    for line in str(result.get("gateway_metrics", "")).splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_force_http_serves_every_codex_turn_as_one_http_turn(codex_binary: str) -> None:
+    """force_http: Codex gets 426 and posts; each POST is one full HTTP turn (normalized,
+    bound, counted) and the tool loop completes."""
+    result = run(
+        codex_binary,
+        gateway_overrides={"openai_ws": {"force_http": True}},
+        steps=[{"prompt": "say hello"}, {"prompt": f"run it {CALL}"}],
+    )
+    assert_clean_success(result, step=0, ws_connects=0)
+    assert "tool said:" in assert_clean_success(result, step=1, ws_connects=0)
+    assert tool_runs(result) == 1, ch.describe(result)
+    http = real(requests(result, "http"))
+    assert len(http) == 3  # a text turn, then the call and its output
+    completed = _metric(result, "gateway_turns_total", mode="http", outcome="http_completed")
+    assert completed == len(http), ch.describe(result)
+
+
 def test_socket_lost_between_call_and_output_is_invisible(codex_binary: str) -> None:
     """(e) store:false upstream socket closed after the call: the gateway replays."""
     result = run(
