@@ -82,7 +82,9 @@ class GatewayContext:
         # Under `--workers N` each worker is its own process with its own connection
         # counter: connection ids carry the worker so two workers never mint the same one.
         self.worker_id = worker_identity(self.instance_id)
-        self.metrics = Metrics(accounts=[a.id for a in cfg.accounts], modes=(cfg.openai_ws.mode, "http"))
+        self.metrics = Metrics(
+            accounts=[a.id for a in cfg.accounts], modes=(cfg.openai_ws.mode, "http")
+        )
         self.tracing = Tracing(cfg.telemetry, self.instance_id, exporter=span_exporter)
         self.payload_sampler = PayloadSampler(
             cfg.telemetry.log_payload_sample_rate, cfg.telemetry.log_payload_max_bytes

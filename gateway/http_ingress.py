@@ -60,4 +60,5 @@ async def _serve(ctx: GatewayContext, request: Request, headers: dict[str, str])
     response = await turn.respond()
     if turn.account is not None:
         request.state.account = turn.account.id
+    request.state.relayed = turn.relayed
     return response

@@ -266,7 +266,8 @@ def log_http_request(
             fields["error_code"] = error.code or ""
         except msgspec.MsgspecError:
             fields["error_code"] = ""
-    fields["outcome"] = "relayed" if body is None else "refused"
+    relayed = getattr(request.state, "relayed", body is None)
+    fields["outcome"] = "relayed" if relayed else "refused"
     log.info("http request %s", response.status_code, extra=fields)
 
 

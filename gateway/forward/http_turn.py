@@ -124,6 +124,7 @@ class HttpTurn:
         self.account: Account | None = None
         self.sent: RequestSnapshot = request
         self.bound = False
+        self.relayed = False  # the client got the upstream's own answer (not the gateway's)
 
     async def respond(self) -> Response:
         with trace.use_span(self.span, end_on_exit=False):
@@ -149,6 +150,7 @@ class HttpTurn:
         upstream = await self._attempts(request, account)
         if not isinstance(upstream, httpx.Response):
             return upstream
+        self.relayed = True
         out_headers = {
             k: upstream.headers[k] for k in PASS_RESPONSE_HEADERS if k in upstream.headers
         }
@@ -334,6 +336,7 @@ class HttpTurn:
             status = error.status or 400
             body = error.frame if isinstance(error.frame, bytes) else error.frame.encode()
             relayed = Response(body, status_code=status, media_type="application/json")
+            self.relayed = True
             return self._finish_refused(relayed, Outcome.UPSTREAM_ERROR)
         ctx.metrics.retry_exhausted.inc()
         message = transport_error_message("HTTP upstream") + f" ({attempts.attempts} attempts)"
