@@ -131,6 +131,9 @@ class StateStoreConfig(_Section):
     cache_max_entries: PositiveInt = 65536
     key_prefix: str = "rwg"
     pool_max_connections: PositiveInt = 64
+    # Durable transcripts: None = on with a Redis store, off with memory://.
+    durable_transcripts: bool | None = None
+    durable_transcript_max_bytes: PositiveInt = 8 * MIB
 
 
 class TelemetryConfig(_Section):

@@ -123,6 +123,9 @@ class GatewayContext:
         )
         self.registry = SessionRegistry()
         self.transcripts = TranscriptBudget(cfg.openai_ws.transcript_max_bytes_total)
+        # Durable transcripts only make sense where another instance can read them.
+        durable = st.durable_transcripts
+        self.durable_transcripts = durable if durable is not None else st.url != "memory://"
         ws = cfg.openai_ws
         self.scheduler = Scheduler(
             self.accounts,

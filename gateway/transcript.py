@@ -71,6 +71,19 @@ class Transcript:
         self.response_id = response_id
         self.nbytes = size
 
+    def seed(self, items: Sequence[msgspec.Raw], response_id: str) -> bool:
+        """Start from a conversation rebuilt elsewhere (a durable transcript); False when it
+        is over a cap (then the transcript stays empty)."""
+        self._release()
+        self.overflowed = False
+        size = sum(len(raw) for raw in items)
+        if size > self._limit or not self._budget.try_take(size):
+            return False
+        self.items = tuple(item_from_raw(raw) for raw in items)
+        self.response_id = response_id
+        self.nbytes = size
+        return True
+
     def invalidate(self) -> None:
         self._release()
 

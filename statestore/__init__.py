@@ -17,6 +17,7 @@ from statestore.base import (
 from statestore.open import open_store
 from statestore.schemes import STORE_URL_SCHEMES, STORE_URL_SCHEMES_TEXT
 from statestore.topology import store_url_problem
+from statestore.transcripts import TranscriptDelta, chain_items
 
 __all__ = [
     "STORE_URL_SCHEMES",
@@ -26,7 +27,9 @@ __all__ = [
     "NoHooks",
     "StateStore",
     "StoreHooks",
+    "TranscriptDelta",
     "TurnBinding",
+    "chain_items",
     "open_store",
     "store_url_problem",
 ]

@@ -7,6 +7,8 @@ from typing import Protocol
 
 import msgspec
 
+from statestore.transcripts import TranscriptDelta
+
 
 class TurnBinding(msgspec.Struct, frozen=True, kw_only=True):
     """Everything one finished turn leaves behind, written in one round trip."""
@@ -19,6 +21,10 @@ class TurnBinding(msgspec.Struct, frozen=True, kw_only=True):
     stored: bool = False  # the upstream stored the response: any socket can continue it
     turn_state: str | None = None
     conn_id: str | None = None  # in-process only: it means nothing on another instance
+    # Durable transcript: this turn's delta appended to the session's list (a delta with
+    # no previous response resets it); drop_transcript deletes the list instead.
+    transcript: TranscriptDelta | None = None
+    drop_transcript: bool = False
 
 
 class Continuation(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +95,10 @@ class StateStore(Protocol):
     async def get_turn_state(self, group: str, session_key: str) -> str | None: ...
 
     def get_conn_id(self, response_id: str) -> str | None: ...
+
+    async def load_transcript(
+        self, group: str, session_key: str
+    ) -> list[TranscriptDelta] | None: ...
 
     async def forget_response(self, group: str, response_id: str) -> None: ...
 

@@ -41,6 +41,10 @@ class RedisKeys:
         """Present ("1") when the upstream stored the response; same slot as the others."""
         return self.response_base(group, response_id) + ":stored"
 
+    def transcript(self, group: str, session_key: str) -> str:
+        """The session's durable transcript (a list of deltas), in the session's slot."""
+        return self.session_base(group, session_key) + ":tx"
+
     def session(self, group: str, session_key: str) -> tuple[str, str]:
         """(last-response key, turn-state key)."""
         base = self.session_base(group, session_key)

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from statestore.base import BindOutcome, Continuation, NoHooks, StoreHooks, TurnBinding
 from statestore.local import LocalState
+from statestore.transcripts import TranscriptDelta
+from statestore.ttlcache import TTLCache
 
 _OK = BindOutcome(ok=True)
 
@@ -26,13 +28,26 @@ class MemoryStore:
     ) -> None:
         self.local = LocalState(max_entries, response_ttl_s, clock)
         self._hooks: StoreHooks = hooks or NoHooks()
+        self._ttl_s = response_ttl_s
+        self._transcripts = TTLCache[tuple[str, str], list[TranscriptDelta]](max_entries, clock)
 
     async def start(self) -> None:
         return None
 
     async def bind_turn(self, binding: TurnBinding) -> BindOutcome:
         self.local.bind(binding)
+        if binding.session_key and (binding.transcript or binding.drop_transcript):
+            key = (binding.group, binding.session_key)
+            delta = binding.transcript
+            if delta is None:
+                self._transcripts.delete(key)
+            else:
+                kept = self._transcripts.get(key) if delta.previous_response_id else None
+                self._transcripts.set(key, [*(kept or ()), delta], self._ttl_s)
         return _OK
+
+    async def load_transcript(self, group: str, session_key: str) -> list[TranscriptDelta] | None:
+        return list(self._transcripts.get((group, session_key)) or ()) or None
 
     async def lookup(
         self, group: str, *, response_id: str | None, session_key: str | None

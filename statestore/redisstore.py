@@ -31,6 +31,7 @@ from statestore.keys import RedisKeys
 from statestore.local import LocalState, ResponseRecord
 from statestore.resync import SESSION_CAS_SCRIPT, ResyncQueue, Unsynced
 from statestore.schemes import url_scheme_of
+from statestore.transcripts import TranscriptDelta, decode_delta, encode_delta
 
 log = logging.getLogger("statestore")
 T = TypeVar("T")
@@ -198,6 +199,14 @@ class RedisStore:
             pipe.set(last_key, b.response_id, px=ttl_ms)
             if b.turn_state:
                 pipe.set(ts_key, b.turn_state, px=ttl_ms)
+            if b.transcript is not None or b.drop_transcript:
+                tx_key = self.keys.transcript(b.group, b.session_key)
+                delta = b.transcript
+                if delta is None or delta.previous_response_id is None:
+                    pipe.delete(tx_key)
+                if delta is not None:
+                    pipe.rpush(tx_key, encode_delta(delta))
+                    pipe.pexpire(tx_key, ttl_ms)
 
     def _queue_replay(self, pipe: Any, item: Unsynced) -> int:
         """Queue one failed bind's write-back; returns how many commands it queued."""
@@ -359,6 +368,16 @@ class RedisStore:
 
     def get_conn_id(self, response_id: str) -> str | None:
         return self.local.conn.get(response_id)
+
+    async def load_transcript(self, group: str, session_key: str) -> list[TranscriptDelta] | None:
+        """The session's deltas, oldest first (one round trip); None when there are none
+        or Redis did not answer in time."""
+        key = self.keys.transcript(group, session_key)
+        raw, error = await self._run("load_transcript", lambda: self.client.lrange(key, 0, -1))
+        if error is not None or not raw:
+            return None
+        deltas = [decode_delta(bytes(entry)) for entry in raw]
+        return [d for d in deltas if d is not None] or None
 
     async def ping(self) -> bool:
         result, error = await self._run("ping", self.handle.ping)

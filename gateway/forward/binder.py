@@ -33,6 +33,7 @@ class BindWriter:
         tracing: Tracing | None = None,
         on_busy: Callable[[], None] | None = None,
         on_idle: Callable[[], None] | None = None,
+        on_failed: Callable[[TurnBinding], None] | None = None,
     ) -> None:
         self._store = store
         self._tracing = tracing
@@ -43,6 +44,7 @@ class BindWriter:
         self._task: asyncio.Task[None] | None = None
         self._on_busy = on_busy
         self._on_idle = on_idle
+        self._on_failed = on_failed
 
     @property
     def pending(self) -> int:
@@ -63,10 +65,12 @@ class BindWriter:
                 token = otel_context.attach(trace_context)
                 try:
                     if self._tracing is None:
-                        await self._store.bind_turn(binding)
+                        outcome = await self._store.bind_turn(binding)
                     else:
                         with self._tracing.child("statestore.bind"):
-                            await self._store.bind_turn(binding)
+                            outcome = await self._store.bind_turn(binding)
+                    if not outcome.ok and self._on_failed is not None:
+                        self._on_failed(binding)
                 except Exception:
                     # The store reports its own failures (and keeps the record for
                     # write-back); anything escaping it is our bug, not the client's.

@@ -27,7 +27,8 @@ from gateway.context import GatewayContext
 from gateway.events import sanitize_upstream_error
 from gateway.forward.attempt import MODE, AttemptFailed, Delivered, Plan, WsAttempt
 from gateway.forward.binder import BindWriter
-from gateway.forward.continuation import SocketState, resolve_continuation
+from gateway.forward.continuation import Continuation, SocketState, resolve_continuation
+from gateway.forward.durable import DurableTranscript
 from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
 from gateway.forward.replies import INTERRUPTED, Replies
@@ -85,6 +86,7 @@ class CtxPoolForwarder:
         self.trace_parent = ctx.tracing.parent_context(headers)
         self.facts = TurnFacts()
         self.attempt = WsAttempt(ctx, self.transcript, self.fwd_headers)
+        self.durable = DurableTranscript(ctx, self.group, session_key, self.transcript)
         self.replies = Replies(ctx, self.group)
         registry = ctx.registry
         self.binder = BindWriter(
@@ -92,6 +94,7 @@ class CtxPoolForwarder:
             tracing=ctx.tracing,
             on_busy=registry.turn_started,
             on_idle=registry.turn_finished,
+            on_failed=lambda _binding: self.durable.write_failed(),
         )
 
     @property
@@ -141,12 +144,34 @@ class CtxPoolForwarder:
             cont = await resolve_continuation(
                 self.ctx.store, self.group, self.session_key, self.state, request
             )
+        if self._socket_lost_it(request, cont):
+            # Another instance served this conversation (a restart, a deploy): rebuild it
+            # from the durable transcript before anything goes upstream.
+            await self.durable.rebuild(cont.anchor or "")
         account = self.ctx.scheduler.pick(
             self.group, prefer=cont.account_id, usable=self.ctx.ws_capable
         )
         if account is None:
             return await self.replies.no_account(sink)
         return await self._serve(Plan(request, cont, account), sink)
+
+    def _socket_lost_it(self, request: RequestSnapshot, cont: Continuation) -> bool:
+        """A store:false continuation that no upstream socket of this process holds and
+        this client socket has no transcript for."""
+        anchor = cont.anchor
+        return (
+            anchor is not None
+            and request.store is not True
+            and not cont.stored
+            and cont.conn_id is None
+            and not self.transcript.covers(anchor)
+        )
+
+    async def _rebuilt(self, plan: Plan) -> bool:
+        anchor = plan.cont.anchor or plan.request.previous_response_id
+        if anchor is None or self.transcript.covers(anchor):
+            return False
+        return await self.durable.rebuild(anchor)
 
     async def _serve(self, plan: Plan, sink: ClientSink) -> Outcome:
         ctx = self.ctx
@@ -167,6 +192,9 @@ class CtxPoolForwarder:
                 failed = exc
             else:
                 ctx.scheduler.succeeded(plan.account.id)
+                if done is Outcome.PREVIOUS_NOT_FOUND and await self._rebuilt(plan):
+                    plan = dataclasses.replace(plan, replay=True, fresh_socket=True)
+                    continue
                 return await self._delivered(done, plan, sink)
             finally:
                 ctx.scheduler.end(plan.account.id)
@@ -180,6 +208,8 @@ class CtxPoolForwarder:
             self._note_health(plan.account, failed)
             if first_failure_at is None:
                 first_failure_at = time.monotonic()
+            if failed.failure in (Failure.PREVIOUS_NOT_FOUND, Failure.TOOL_OUTPUT_MISSING):
+                await self._rebuilt(plan)  # a replay needs the transcript; it may be stored
             action = self._decide(plan, failed, attempts, time.monotonic() - first_failure_at)
             step = await _HANDLERS[action](self, plan, failed, attempts, sink)
             if isinstance(step, Outcome):
@@ -380,6 +410,7 @@ class CtxPoolForwarder:
         conn_id = getattr(conn, "conn_id", None)
         pending = dict(tracker.pending)
         self.state = SocketState(response_id, account.id, conn_id, pending, sent.store is True)
+        delta, drop = self.durable.delta(sent, tracker.output, response_id)
         self.binder.submit(
             TurnBinding(
                 group=self.group,
@@ -390,6 +421,8 @@ class CtxPoolForwarder:
                 turn_state=self.turn_state,
                 conn_id=conn_id,
                 stored=sent.store is True,
+                transcript=delta,
+                drop_transcript=drop,
             )
         )
 

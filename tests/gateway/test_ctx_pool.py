@@ -32,8 +32,11 @@ from tests.support import toml_dumps
 USER = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
 
 
-def config(accounts: int = 1, **openai_ws: object) -> Config:
+def config(
+    accounts: int = 1, statestore: dict[str, object] | None = None, **openai_ws: object
+) -> Config:
     doc: dict[str, object] = {
+        "statestore": statestore or {},
         "clients": [{"key": "sk-client", "group": "default"}],
         "accounts": [
             {"id": f"acct-{i}", "api_key": f"sk-{i}", "base_url": "http://upstream.test/v1"}
@@ -479,3 +482,70 @@ async def test_repeated_transport_failures_take_an_account_out_of_rotation(
     assert rig.ctx.scheduler.state(first).value == "open"
     assert rig.dialer.dials[-1] != first
     assert rig.metric("gateway_account_failovers_total", reason="account_open") == 1
+
+
+DURABLE = {"durable_transcripts": True}
+
+
+async def _two_turns(rig: Rig, session: str) -> tuple[CtxPoolForwarder, str]:
+    fwd, sink = rig.forwarder(session_key=session)
+    await fwd.run_turn(create([user("remember 7")]), sink)
+    first = Rig.client(sink).turn()
+    await fwd.run_turn(create([user("and 8")], previous_response_id=rid(first)), sink)
+    second = Rig.client(sink).turn()
+    assert types(second)[-1] == "response.completed"
+    await fwd.aclose()  # the client socket goes away; its bindings are written
+    return fwd, rid(second)
+
+
+async def test_a_conversation_whose_socket_lost_it_is_rebuilt_from_the_durable_transcript(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(statestore=DURABLE))
+    _, last = await _two_turns(rig, "sess-d")
+    for sock in rig.upstream.sockets:
+        sock.last = None  # the upstream sockets lost their connection-local state
+    again, sink = rig.forwarder(session_key="sess-d")  # the client reconnects
+    await again.run_turn(create([user("which?")], previous_response_id=last), sink)
+    frames = Rig.client(sink).turn()
+    assert types(frames)[-1] == "response.completed" and "error" not in types(frames)
+    sent = rig.upstream.requests[-1]
+    assert "previous_response_id" not in sent
+    text = json.dumps(sent["input"])
+    assert all(word in text for word in ("remember 7", "and 8", "which?"))
+    assert (
+        rig.metric("gateway_recoveries_total", reason="durable_transcript", result="rebuilt") == 1
+    )
+
+
+async def test_another_instance_rebuilds_before_going_upstream(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    first_instance = rig_factory(config(statestore=DURABLE))
+    _, last = await _two_turns(first_instance, "sess-e")
+    second_instance = rig_factory(config(statestore=DURABLE))
+    second_instance.ctx.store = first_instance.ctx.store  # one shared store, two processes
+    fwd, sink = second_instance.forwarder(session_key="sess-e")
+    await fwd.run_turn(create([user("which?")], previous_response_id=last), sink)
+    assert types(Rig.client(sink).turn())[-1] == "response.completed"
+    sent = second_instance.upstream.requests
+    assert len(sent) == 1 and "previous_response_id" not in sent[0]
+    assert "remember 7" in json.dumps(sent[0]["input"])
+
+
+async def test_over_the_bound_or_switched_off_the_client_is_asked_to_replay(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    for statestore in (
+        {"durable_transcripts": True, "durable_transcript_max_bytes": 100},
+        {"durable_transcripts": False},
+    ):
+        rig = rig_factory(config(statestore=statestore))
+        _, last = await _two_turns(rig, "sess-f")
+        for sock in rig.upstream.sockets:
+            sock.last = None
+        again, sink = rig.forwarder(session_key="sess-f")
+        await again.run_turn(create([user("which?")], previous_response_id=last), sink)
+        frames = Rig.client(sink).turn()
+        assert types(frames) == ["error"]
+        assert frames[0]["error"]["code"] == "previous_response_not_found"
