@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from deploy.nginx.render import render
-from tests.e2e.harness import GatewayProcess, gateway_config, run_gateway
+from tests.e2e.harness import GatewayProcess, gateway_command, gateway_config, run_gateway
 from tests.support import ManagedProcess, RedisServer, free_port, unique_prefix
 
 
@@ -44,6 +44,21 @@ class Cluster:
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         self.instances[index].proc.signal(sig)
+
+    def restart(self, index: int, timeout: float = 30.0) -> None:
+        """A rolling-deploy step: SIGTERM (the instance drains and exits), then the same
+        instance starts again on the same port, and is ready before this returns."""
+        gw = self.instances[index]
+        assert gw.proc.proc is not None
+        gw.proc.signal(signal.SIGTERM)
+        gw.proc.proc.wait(timeout=timeout)
+        fresh = ManagedProcess(
+            gateway_command("module", gw.config_path, gw.port, 1),
+            env={"GATEWAY_CONFIG": gw.config_path},
+        ).start(wait_port=gw.port)
+        self.stack.callback(fresh.stop)
+        gw.proc = fresh
+        wait_ready(gw.http_url)
 
 
 def wait_ready(url: str, timeout: float = 20.0) -> None:

@@ -114,9 +114,9 @@ def gateway_command(entry: str, config_path: str, port: int, workers: int) -> li
 
 @contextmanager
 def run_gateway(
-    config: dict[str, object], *, workers: int = 1, entry: str = "module"
+    config: dict[str, object], *, workers: int = 1, entry: str = "module", port: int = 0
 ) -> Iterator[GatewayProcess]:
-    port = free_port()
+    port = port or free_port()
     fd, path = tempfile.mkstemp(prefix="gw-config-", suffix=".toml")
     with os.fdopen(fd, "w") as fh:
         fh.write(toml_dumps(config))
