@@ -7,6 +7,7 @@ COPY gateway ./gateway
 COPY normalizer ./normalizer
 COPY pool ./pool
 COPY statestore ./statestore
+COPY sim ./sim
 RUN pip install . && useradd --system --uid 10001 --no-create-home gateway
 COPY gateway/example.toml /etc/gateway/gateway.toml
 USER 10001
