@@ -161,6 +161,7 @@ class CtxPoolForwarder:
         anchor = cont.anchor
         return (
             anchor is not None
+            and request.previous_response_id is not None
             and request.store is not True
             and not cont.stored
             and cont.conn_id is None

@@ -269,6 +269,45 @@ class FaultArmer(threading.Thread):
             control.close()
 
 
+class RestartArmer(threading.Thread):
+    """A rolling-deploy step while Codex works: once the first real request is streaming,
+    restart (SIGTERM, drain, start again) the instance that holds Codex's socket."""
+
+    def __init__(self, sim_url: str, cluster: Any) -> None:
+        super().__init__(daemon=True)
+        self.sim_url, self.cluster = sim_url, cluster
+        self.stop = threading.Event()
+        self.outcome = "not_armed"
+
+    def run(self) -> None:
+        from sim.control import SimControl
+
+        control = SimControl(self.sim_url)
+        try:
+            while not self.stop.is_set():
+                real = [r for r in control.log()["requests"] if r.get("generate") is not False]
+                if real and real[-1]["outcome"] == "in_flight":
+                    index = max(
+                        range(len(self.cluster.instances)),
+                        key=lambda i: _gauge(self.cluster.instances[i].http_url),
+                    )
+                    self.cluster.restart(index)
+                    self.outcome = f"restarted {self.cluster.instance_ids[index]}"
+                    return
+                self.stop.wait(0.01)
+        finally:
+            control.close()
+
+
+def _gauge(http_url: str, name: str = "gateway_client_sockets") -> float:
+    import httpx
+
+    text = httpx.get(http_url + "/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")
+    )
+
+
 def _turns_served(http_url: str) -> float:
     import httpx
 
@@ -327,8 +366,11 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
             for step in scenario["steps"]:
                 for rule in step.get("faults") or []:
                     control.add_fault(**rule)
-                armer = None
-                if step.get("arm"):
+                armer: FaultArmer | RestartArmer | None = None
+                if step.get("restart_serving_while_in_flight") and services.cluster is not None:
+                    armer = RestartArmer(services.sim_url, services.cluster)
+                    armer.start()
+                elif step.get("arm"):
                     arm = step["arm"]
                     armer = FaultArmer(
                         services.sim_url, int(arm["when_in_flight"]), list(arm["faults"])
@@ -345,6 +387,15 @@ def _run_inside(scenario: dict[str, Any]) -> dict[str, Any]:
                 if step.get("then_drain_serving_instance") and services.cluster is not None:
                     result["drained_instance"] = _drain_serving_instance(services.cluster)
             if services.cluster is not None:
+                import httpx
+
+                result["instance_metrics"] = {
+                    name: httpx.get(gw.http_url + "/metrics", timeout=5).text
+                    for name, gw in zip(
+                        services.cluster.instance_ids, services.cluster.instances, strict=True
+                    )
+                    if gw.proc.proc is not None and gw.proc.proc.poll() is None
+                }
                 result["instance_turns"] = {
                     name: _turns_served(gw.http_url)
                     for name, gw in zip(

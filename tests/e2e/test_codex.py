@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.codex, pytest.mark.timeout(300)]
 CALL = '[[sim call exec_command {"cmd":"echo ok"}]]'
 # Keeps a response streaming long enough for the harness to arm a fault behind it.
 SLOW = "[[sim delay_ms=150]]"
+SLOW_TOOL = '[[sim call exec_command {"cmd":"sleep 1 && echo ok"}]]'
 
 
 @pytest.fixture(scope="session")
@@ -364,3 +365,27 @@ def test_resume_lands_on_the_other_instance_behind_nginx(codex_binary: str) -> N
     assert other_turns >= 2  # the resumed warm-up and turn were served by the other instance
     resumed = requests(result, step=1)
     assert "remember the word heron" in "".join(r["raw"] for r in resumed)
+
+
+def test_instance_restarted_while_codex_runs_a_tool_is_invisible(codex_binary: str) -> None:
+    """A rolling deploy under a live tool loop: the instance holding Codex's socket is
+    restarted while the function-call response streams. The turn finishes, the socket is
+    closed right after it while Codex runs the tool, Codex reconnects through nginx to the
+    other instance and carries on: it exits 0 with no retry or error line, and no
+    previous_response_not_found ever reaches it. (Codex sends its whole history on every
+    new socket, so here the other instance needs no rebuild.)"""
+    result = run(
+        codex_binary,
+        mode="cluster",
+        steps=[{"prompt": f"run it {SLOW_TOOL} {SLOW}", "restart_serving_while_in_flight": True}],
+    )
+    step = result["steps"][0]
+    assert step["arm"].startswith("restarted"), ch.describe(result)
+    assert "tool said:" in assert_clean_success(result, ws_connects=2)
+    outcomes = [r["outcome"] for r in requests(result)]
+    assert "error:previous_response_not_found" not in outcomes, outcomes
+    assert all(r["outcome"] == "completed" for r in requests(result)), outcomes
+    last = real(requests(result))[-1]
+    assert "function_call" in item_types(last) and "function_call_output" in item_types(last)
+    sockets = {r["conn_id"] for r in requests(result)}
+    assert len(sockets) == 2  # the tool output went out on the other instance's socket
