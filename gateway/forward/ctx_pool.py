@@ -10,38 +10,32 @@ re-enters the middle of an attempt.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import random
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
 from opentelemetry import trace
 
 from gateway.auth import ClientIdentity
 from gateway.config import Account
 from gateway.context import GatewayContext
-from gateway.events import sanitize_upstream_error
 from gateway.forward.attempt import MODE, AttemptFailed, Delivered, Plan, WsAttempt
 from gateway.forward.binder import BindWriter
 from gateway.forward.continuation import Continuation, SocketState, resolve_continuation
 from gateway.forward.durable import DurableTranscript
 from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
+from gateway.forward.recover import RecoveryHandlers
 from gateway.forward.replies import INTERRUPTED, Replies
 from gateway.logs import log_turn
 from gateway.recovery import (
-    RATE_LIMITS,
-    TRANSPORT_FAILURES,
-    Action,
     Failure,
     RetryPolicy,
     TurnAttempts,
-    next_action,
-    repair_pairing,
 )
 from gateway.session import ClientSink
 from gateway.transcript import Transcript
@@ -53,13 +47,8 @@ from statestore import TurnBinding
 
 log = logging.getLogger("gateway.ctx_pool")
 
-_Handler = Callable[
-    ["CtxPoolForwarder", Plan, AttemptFailed, TurnAttempts, ClientSink],
-    Awaitable["Plan | Outcome"],
-]
 
-
-class CtxPoolForwarder:
+class CtxPoolForwarder(RecoveryHandlers):
     def __init__(
         self,
         ctx: GatewayContext,
@@ -212,168 +201,10 @@ class CtxPoolForwarder:
             if failed.failure in (Failure.PREVIOUS_NOT_FOUND, Failure.TOOL_OUTPUT_MISSING):
                 await self._rebuilt(plan)  # a replay needs the transcript; it may be stored
             action = self._decide(plan, failed, attempts, time.monotonic() - first_failure_at)
-            step = await _HANDLERS[action](self, plan, failed, attempts, sink)
+            step = await self.handle(action, plan, failed, attempts, sink)
             if isinstance(step, Outcome):
                 return step
             plan = step
-
-    def _note_health(self, account: Account, failed: AttemptFailed) -> None:
-        scheduler = self.ctx.scheduler
-        if failed.failure in RATE_LIMITS:
-            scheduler.rate_limited(account.id, failed.retry_after_s)
-        elif failed.failure is Failure.ACCOUNT_REFUSED:
-            scheduler.refused(account.id)
-        elif failed.failure in TRANSPORT_FAILURES:
-            scheduler.transport_failed(account.id)
-
-    def _decide(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, elapsed_s: float
-    ) -> Action:
-        request, cont = plan.request, plan.cont
-        failure = failed.failure
-        action = next_action(
-            failure,
-            attempts,
-            self.policy,
-            elapsed_s=elapsed_s,
-            next_backoff_s=self.policy.backoff(attempts.retries + 1, self.rng),
-            can_align=bool(
-                cont.session_last
-                and request.previous_response_id
-                and cont.session_last != request.previous_response_id
-            ),
-            has_transcript=self.transcript.covers(request.previous_response_id)
-            or (request.previous_response_id is None and failure is Failure.TOOL_OUTPUT_MISSING),
-            recovery_enabled=self.ctx.cfg.openai_ws.recovery_enabled,
-            can_failover=self._other_account(plan, attempts) is not None,
-        )
-        attempts.tried.add(action)
-        if action is not Action.RETRY:
-            self.facts.recovery = action.value
-        log.info(
-            "turn attempt failed",
-            extra={
-                "event": "turn_attempt_failed",
-                "failure": failure.value,
-                "action": action.value,
-                "account_id": plan.account.id,
-                "attempt": attempts.attempts,
-                "detail": failed.detail[:160],
-            },
-        )
-        return action
-
-    def _other_account(self, plan: Plan, attempts: TurnAttempts) -> Account | None:
-        tried = {*attempts.accounts, plan.account.id}
-        return self.ctx.scheduler.pick(self.group, exclude=tried, usable=self.ctx.ws_capable)
-
-    # -- recovery handlers: each returns the next plan, or ends the turn ----------------
-    async def _retry(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        attempts.retries += 1
-        self.facts.retries = attempts.retries
-        self.ctx.metrics.retry_attempts.labels(failed.failure.value).inc()
-        await asyncio.sleep(self.policy.backoff(attempts.retries, self.rng))
-        if self.ctx.scheduler.available(plan.account.id):
-            return plan
-        # Enough transport failures in a row opened the account: go elsewhere if we can.
-        moved = self._move(plan, attempts, "account_open")
-        return plan if moved is None else moved
-
-    async def _align(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        cont = plan.cont
-        assert cont.session_last is not None
-        self.ctx.metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
-        request = plan.request.with_previous_response_id(cont.session_last)
-        return dataclasses.replace(plan, request=request, cont=cont.aligned())
-
-    async def _replay(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        attempts.replayed.add(failed.failure)
-        self.ctx.metrics.recoveries.labels(failed.failure.value + "_replay", "attempted").inc()
-        return dataclasses.replace(plan, replay=True, fresh_socket=True)
-
-    async def _repair(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        action = Action.DROP_ORPHAN_OUTPUT
-        if failed.failure is Failure.TOOL_OUTPUT_MISSING:
-            action = Action.ABORT_MISSING_OUTPUT
-        repaired = repair_pairing(plan.request, failed.error) if failed.error else None
-        if repaired is None:
-            return await self._relay_error(plan, failed, attempts, sink)
-        attempts.repairs += 1
-        self.ctx.metrics.recoveries.labels(action.value, "attempted").inc()
-        return dataclasses.replace(plan, request=repaired)
-
-    async def _failover(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        moved = self._move(plan, attempts, failed.failure.value)
-        if moved is None:
-            return await self._fail(plan, failed, attempts, sink)
-        return moved
-
-    def _move(self, plan: Plan, attempts: TurnAttempts, reason: str) -> Plan | None:
-        """The plan on another available account of the group, or None. The new account
-        cannot see this conversation's previous response: it gets the whole of it."""
-        other = self._other_account(plan, attempts)
-        if other is None:
-            return None
-        attempts.accounts.add(plan.account.id)
-        self.facts.failovers += 1
-        self.ctx.metrics.failovers.labels(reason).inc()
-        continues = plan.cont.anchor is not None or plan.request.previous_response_id is not None
-        return dataclasses.replace(
-            plan,
-            account=other,
-            cont=plan.cont.elsewhere(other.id),
-            fresh_socket=True,
-            replay=continues,
-        )
-
-    async def _fallback_http(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        self.ctx.start_cooldown(plan.account.id)
-        self.facts.fallback = failed.failure.value
-        self.ctx.metrics.fallbacks.labels(failed.failure.value).inc()
-        return await self._serve_http(plan, sink)
-
-    async def _relay_error(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        error = failed.error
-        if error is None:
-            return await self._fail(plan, failed, attempts, sink)
-        # The upstream's words about an account may quote its key: never to the client.
-        await sink.send(sanitize_upstream_error(error.frame, "error", plan.account.id))
-        self.ctx.metrics.client_errors.labels(error.code or "upstream_error").inc()
-        return Outcome.UPSTREAM_ERROR
-
-    async def _fail(
-        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
-    ) -> Plan | Outcome:
-        failure = failed.failure
-        if failure in (Failure.PREVIOUS_NOT_FOUND, Failure.TOOL_OUTPUT_MISSING):
-            self.ctx.metrics.recoveries.labels(failure.value, "client_replay").inc()
-            return await self._previous_not_found(sink, plan.request)
-        if failure is Failure.POOL_EXHAUSTED:
-            message = "all upstream sockets for this account are busy; retry shortly"
-            return await self.replies.client_error(
-                sink, Outcome.POOL_EXHAUSTED, 503, message, "server_error", code="pool_exhausted"
-            )
-        if failure in RATE_LIMITS:
-            return await self.replies.rate_limited(sink)
-        self.ctx.metrics.retry_exhausted.inc()
-        message = f"upstream unavailable after {attempts.attempts} attempt(s): {failure.value}"
-        return await self.replies.client_error(
-            sink, Outcome.RETRY_EXHAUSTED, 503, message, "server_error", code="upstream_unavailable"
-        )
 
     # -- endings ------------------------------------------------------------------------
     async def _delivered(self, done: Delivered | Outcome, plan: Plan, sink: ClientSink) -> Outcome:
@@ -468,16 +299,3 @@ class CtxPoolForwarder:
     async def aclose(self) -> None:
         self.transcript.close()
         await self.binder.flush()
-
-
-_HANDLERS: dict[Action, _Handler] = {
-    Action.RETRY: CtxPoolForwarder._retry,
-    Action.ALIGN: CtxPoolForwarder._align,
-    Action.REPLAY: CtxPoolForwarder._replay,
-    Action.DROP_ORPHAN_OUTPUT: CtxPoolForwarder._repair,
-    Action.ABORT_MISSING_OUTPUT: CtxPoolForwarder._repair,
-    Action.FAILOVER: CtxPoolForwarder._failover,
-    Action.FALLBACK_HTTP: CtxPoolForwarder._fallback_http,
-    Action.RELAY_ERROR: CtxPoolForwarder._relay_error,
-    Action.FAIL: CtxPoolForwarder._fail,
-}
