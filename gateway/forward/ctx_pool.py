@@ -4,8 +4,8 @@ continuation on any instance, recovery, account failover and transparent HTTP fa
 A turn goes one way: decode → continuation → account → plan → attempt (normalize once,
 write, relay) → finish (socket state, transcript, queued binding). A failure before the
 first event reached the client goes to ``recovery.next_action``; each action has one
-small handler here that returns the next ``Plan`` (or ends the turn), so recovery never
-re-enters the middle of an attempt.
+small handler (``gateway.forward.recover``) that returns the next ``Plan`` (or ends the
+turn), so recovery never re-enters the middle of an attempt.
 """
 
 from __future__ import annotations
