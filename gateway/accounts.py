@@ -234,6 +234,16 @@ class Scheduler:
             health.probing = False
             self._set(account_id, health, AccountState.OPEN)
 
+    def note(self, account_id: str, effect: str | None, wait_s: float | None = None) -> None:
+        """Apply what a failed attempt said about the account (see
+        ``recovery.account_health_effect``)."""
+        if effect == "rate_limited":
+            self.rate_limited(account_id, wait_s)
+        elif effect == "refused":
+            self.refused(account_id)
+        elif effect == "transport":
+            self.transport_failed(account_id)
+
     def _set(self, account_id: str, health: _Health, state: AccountState) -> None:
         if health.state is state:
             return

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from gateway.config import OpenAIWSConfig
 from gateway.events import is_account_error
 from gateway.turn import UpstreamErrorInfo
 from gateway.upstream.ws import (
@@ -125,6 +126,18 @@ def classify_error_event(err: UpstreamErrorInfo) -> Failure:
     return Failure.ERROR_FINAL
 
 
+def account_health_effect(failure: Failure) -> str | None:
+    """What a failure says about the account that served the attempt: "rate_limited",
+    "refused" (the account itself), "transport" (counts toward taking it out), or None."""
+    if failure in RATE_LIMITS:
+        return "rate_limited"
+    if failure is Failure.ACCOUNT_REFUSED:
+        return "refused"
+    if failure in TRANSPORT_FAILURES or failure is Failure.ERROR_TRANSIENT:
+        return "transport"
+    return None
+
+
 @dataclass(slots=True)
 class RetryPolicy:
     max_attempts: int
@@ -132,6 +145,16 @@ class RetryPolicy:
     max_s: float
     jitter: float
     budget_s: float
+
+    @classmethod
+    def of(cls, ws: OpenAIWSConfig) -> RetryPolicy:
+        return cls(
+            max_attempts=ws.retry_max_attempts,
+            initial_s=ws.retry_backoff_initial_ms / 1000,
+            max_s=ws.retry_backoff_max_ms / 1000,
+            jitter=ws.retry_jitter_ratio,
+            budget_s=ws.retry_total_budget_ms / 1000,
+        )
 
     def backoff(self, retry_number: int, rng: random.Random) -> float:
         """Exponential from ``initial_s``, capped at ``max_s``, with ±jitter."""

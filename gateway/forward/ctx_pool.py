@@ -64,13 +64,7 @@ class CtxPoolForwarder(RecoveryHandlers):
         self.state = SocketState()  # the fast path for the next turn on this socket
         ws = ctx.cfg.openai_ws
         self.transcript = Transcript(ctx.transcripts, ws.transcript_max_bytes_per_socket)
-        self.policy = RetryPolicy(
-            max_attempts=ws.retry_max_attempts,
-            initial_s=ws.retry_backoff_initial_ms / 1000,
-            max_s=ws.retry_backoff_max_ms / 1000,
-            jitter=ws.retry_jitter_ratio,
-            budget_s=ws.retry_total_budget_ms / 1000,
-        )
+        self.policy = RetryPolicy.of(ws)
         self.rng = random.Random()
         self.trace_parent = ctx.tracing.parent_context(headers)
         self.facts = TurnFacts()

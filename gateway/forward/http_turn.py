@@ -42,11 +42,11 @@ from gateway.forward.sse import SseScanner
 from gateway.logs import log_turn
 from gateway.recovery import (
     RATE_LIMITS,
-    TRANSPORT_FAILURES,
     Action,
     Failure,
     RetryPolicy,
     TurnAttempts,
+    account_health_effect,
     classify_error_event,
     next_action,
     repair_pairing,
@@ -112,13 +112,7 @@ class HttpTurn:
         self.tracker = TurnTracker()
         self.started = time.perf_counter()
         ws = ctx.cfg.openai_ws
-        self.policy = RetryPolicy(
-            max_attempts=ws.retry_max_attempts,
-            initial_s=ws.retry_backoff_initial_ms / 1000,
-            max_s=ws.retry_backoff_max_ms / 1000,
-            jitter=ws.retry_jitter_ratio,
-            budget_s=ws.retry_total_budget_ms / 1000,
-        )
+        self.policy = RetryPolicy.of(ws)
         self.rng = random.Random()
         self.span: Span = ctx.tracing.open_turn("chat", ctx.tracing.parent_context(headers))
         self.account: Account | None = None
@@ -269,13 +263,8 @@ class HttpTurn:
         return self.ctx.scheduler.pick(self.group, exclude=tried)
 
     def _note_health(self, account: Account, failed: AttemptFailed) -> None:
-        scheduler = self.ctx.scheduler
-        if failed.failure in RATE_LIMITS:
-            scheduler.rate_limited(account.id, failed.retry_after_s)
-        elif failed.failure is Failure.ACCOUNT_REFUSED:
-            scheduler.refused(account.id)
-        elif failed.failure in TRANSPORT_FAILURES or failed.failure is Failure.ERROR_TRANSIENT:
-            scheduler.transport_failed(account.id)
+        effect = account_health_effect(failed.failure)
+        self.ctx.scheduler.note(account.id, effect, failed.retry_after_s)
 
     async def _post(self, request: RequestSnapshot, account: Account) -> httpx.Response:
         """One POST upstream; a refusal or a transport failure is an AttemptFailed."""

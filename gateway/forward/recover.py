@@ -20,11 +20,11 @@ from gateway.forward.facts import Outcome, TurnFacts
 from gateway.forward.replies import Replies
 from gateway.recovery import (
     RATE_LIMITS,
-    TRANSPORT_FAILURES,
     Action,
     Failure,
     RetryPolicy,
     TurnAttempts,
+    account_health_effect,
     next_action,
     repair_pairing,
 )
@@ -68,13 +68,8 @@ class RecoveryHandlers:
         return await _HANDLERS[action](self, plan, failed, attempts, sink)
 
     def _note_health(self, account: Account, failed: AttemptFailed) -> None:
-        scheduler = self.ctx.scheduler
-        if failed.failure in RATE_LIMITS:
-            scheduler.rate_limited(account.id, failed.retry_after_s)
-        elif failed.failure is Failure.ACCOUNT_REFUSED:
-            scheduler.refused(account.id)
-        elif failed.failure in TRANSPORT_FAILURES:
-            scheduler.transport_failed(account.id)
+        effect = account_health_effect(failed.failure)
+        self.ctx.scheduler.note(account.id, effect, failed.retry_after_s)
 
     def _decide(
         self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, elapsed_s: float
