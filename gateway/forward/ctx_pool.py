@@ -192,6 +192,10 @@ class CtxPoolForwarder(RecoveryHandlers):
             self._note_health(plan.account, failed)
             if first_failure_at is None:
                 first_failure_at = time.monotonic()
+            owner = self._search_owner(plan, failed, attempts)
+            if owner is not None:
+                plan = owner
+                continue
             if failed.failure in (Failure.PREVIOUS_NOT_FOUND, Failure.TOOL_OUTPUT_MISSING):
                 await self._rebuilt(plan)  # a replay needs the transcript; it may be stored
             action = self._decide(plan, failed, attempts, time.monotonic() - first_failure_at)

@@ -118,6 +118,7 @@ class HttpTurn:
         self.account: Account | None = None
         self.sent: RequestSnapshot = request
         self.bound = False
+        self.owner_known = True  # the store said which account owns the previous response
         self.relayed = False  # the client got the upstream's own answer (not the gateway's)
 
     async def respond(self) -> Response:
@@ -141,6 +142,7 @@ class HttpTurn:
         if account is None:
             return self._finish_refused(self._rate_limited_or_none(), Outcome.NO_ACCOUNT)
         request = self._normalize(cont)
+        self.owner_known = cont.account_id is not None
         upstream = await self._attempts(request, account)
         if not isinstance(upstream, httpx.Response):
             return upstream
@@ -203,6 +205,10 @@ class HttpTurn:
             except AttemptFailed as failed:
                 ctx.scheduler.end(account.id)
                 self._note_health(account, failed)
+                owner = self._search_owner(account, attempts, failed)
+                if owner is not None:
+                    account = owner
+                    continue
                 if first_failure_at is None:
                     first_failure_at = time.monotonic()
                 other = self._other_account(account, attempts, request)
@@ -253,6 +259,20 @@ class HttpTurn:
             ctx.scheduler.end(account.id)
             ctx.scheduler.succeeded(account.id)
             return upstream
+
+    def _search_owner(
+        self, account: Account, attempts: TurnAttempts, failed: AttemptFailed
+    ) -> Account | None:
+        """The previous response was not found where we looked, and nothing told us which
+        account owns it (its binding had not reached the store, or the store was down):
+        it was stored by one of the group's accounts, so ask the next one."""
+        if failed.failure is not Failure.PREVIOUS_NOT_FOUND or self.owner_known:
+            return None
+        attempts.accounts.add(account.id)
+        other = self.ctx.scheduler.pick(self.group, exclude=attempts.accounts)
+        if other is not None:
+            self.ctx.metrics.recoveries.labels("owner_search", "attempted").inc()
+        return other
 
     def _other_account(
         self, account: Account, attempts: TurnAttempts, request: RequestSnapshot

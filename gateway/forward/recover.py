@@ -67,6 +67,29 @@ class RecoveryHandlers:
     ) -> Plan | Outcome:
         return await _HANDLERS[action](self, plan, failed, attempts, sink)
 
+    def _search_owner(
+        self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts
+    ) -> Plan | None:
+        """A stored previous response not found on an account nothing said owns it (its
+        binding had not reached the store, or the store was down): one of the group's
+        accounts stored it, so the same request goes to the next one."""
+        request = plan.request
+        if (
+            failed.failure is not Failure.PREVIOUS_NOT_FOUND
+            or request.store is not True
+            or request.previous_response_id is None
+            or plan.cont.account_id is not None
+        ):
+            return None
+        attempts.accounts.add(plan.account.id)
+        other = self.ctx.scheduler.pick(
+            self.group, exclude=attempts.accounts, usable=self.ctx.ws_capable
+        )
+        if other is None:
+            return None
+        self.ctx.metrics.recoveries.labels("owner_search", "attempted").inc()
+        return dataclasses.replace(plan, account=other, fresh_socket=True)
+
     def _note_health(self, account: Account, failed: AttemptFailed) -> None:
         effect = account_health_effect(failed.failure)
         self.ctx.scheduler.note(account.id, effect, failed.retry_after_s)

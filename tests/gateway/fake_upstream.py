@@ -60,7 +60,8 @@ class FakeUpstream:
     deltas: int = 2
     requests: list[dict[str, Any]] = field(default_factory=list)
     sockets: list[FakeSocket] = field(default_factory=list)
-    stored: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # account -> response id -> context: a stored response lives on its account only
+    stored: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
     dial_failures: collections.deque[Exception] = field(default_factory=collections.deque)
     # One-shot overrides, consumed by the next response.create(s) in order.
     scripts: collections.deque[Responder] = field(default_factory=collections.deque)
@@ -122,7 +123,7 @@ class FakeUpstream:
         items = body.get("input") if isinstance(body.get("input"), list) else []
         sock.last = (rid, [*context, *items, *out])
         if body.get("store") is not False:
-            self.stored[rid] = [*context, *items, *out]
+            self.stored.setdefault(sock.account, {})[rid] = [*context, *items, *out]
         return frames
 
     def _context(self, sock: FakeSocket, body: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -131,7 +132,7 @@ class FakeUpstream:
             return []
         if sock.last is not None and sock.last[0] == prev:
             return sock.last[1]
-        return self.stored.get(prev)
+        return self.stored.get(sock.account, {}).get(prev)
 
     def _check(self, sock: FakeSocket, body: dict[str, Any]) -> Step | None:
         context = self._context(sock, body)
@@ -167,6 +168,7 @@ class FakeSocket:
     def __init__(self, upstream: FakeUpstream, conn_id: str) -> None:
         self.upstream = upstream
         self.conn_id = conn_id
+        self.account = conn_id.split(":")[1]
         self.response_headers: dict[str, str] = {"x-codex-turn-state": "ts_upstream"}
         self.last: tuple[str, list[dict[str, Any]]] | None = None
         self.close_info: UpstreamClosed | None = None

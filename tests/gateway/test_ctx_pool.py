@@ -549,3 +549,23 @@ async def test_over_the_bound_or_switched_off_the_client_is_asked_to_replay(
         frames = Rig.client(sink).turn()
         assert types(frames) == ["error"]
         assert frames[0]["error"]["code"] == "previous_response_not_found"
+
+
+async def test_a_stored_response_whose_owner_is_unknown_is_found_on_another_account(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory(config(accounts=2))
+    fwd, sink = rig.forwarder()
+    await fwd.run_turn(create([user("remember 7")], store=True), sink)
+    first = Rig.client(sink).turn()
+    owner = fwd.state.account_id
+    await rig.ctx.store.forget_response("default", rid(first))  # its binding never landed
+    other, other_sink = rig.forwarder()
+    rig.ctx.scheduler.active[str(owner)] = 9  # least-loaded picks the wrong one first
+    await other.run_turn(
+        create([user("which?")], previous_response_id=rid(first), store=True), other_sink
+    )
+    frames = Rig.client(other_sink).turn()
+    assert types(frames)[-1] == "response.completed" and "error" not in types(frames)
+    assert other.state.account_id == owner
+    assert rig.metric("gateway_recoveries_total", reason="owner_search", result="attempted") == 1

@@ -260,3 +260,31 @@ async def test_an_undecodable_body_is_a_400(rig_factory: Callable[..., Rig]) -> 
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_request"
     assert rig.upstream.seen == []
+
+
+async def test_a_previous_response_with_no_known_owner_is_looked_for_on_each_account(
+    rig_factory: Callable[..., Rig],
+) -> None:
+    rig = rig_factory()
+    ctx = rig.app.state.gateway.ctx
+    ctx.scheduler.active["acct-1"] = 9  # acct-0 is asked first
+    rig.upstream.answers.append(
+        error_response(
+            400, "Previous response with id 'resp_x' not found.", "previous_response_not_found"
+        )
+    )
+    response = await rig.post(previous_response_id="resp_x", store=True, stream=True)
+    assert response.status_code == 200
+    assert [rig.upstream.account_of(i) for i in range(2)] == ["acct-0", "acct-1"]
+    # With an owner on record, a miss is the client's answer (no search).
+    await ctx.store.bind_turn(
+        TurnBinding(group="default", account_id="acct-0", response_id="resp_y", stored=True)
+    )
+    rig.upstream.answers.append(
+        error_response(
+            400, "Previous response with id 'resp_y' not found.", "previous_response_not_found"
+        )
+    )
+    missing = await rig.post(previous_response_id="resp_y", store=True, stream=True)
+    assert missing.status_code == 400
+    assert missing.json()["error"]["code"] == "previous_response_not_found"

@@ -124,4 +124,5 @@ def test_statestore_modules_import_each_other_without_a_cycle() -> None:
 
     for module in graph:
         visit(module, ())
-    assert graph["statestore.base"] == set()  # the protocol imports no backend
+    # The protocol imports no backend (only the transcript record types).
+    assert graph["statestore.base"] <= {"statestore.transcripts"}
