@@ -63,10 +63,12 @@ codex-deps:
 	@bash scripts/install-codex.sh >/dev/null
 
 pytest: $(STAMP) system-deps codex-deps
-	$(PY) -m pytest -n 2 --cov=normalizer --cov-branch --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --cov=normalizer --cov=gateway/forward --cov-branch --cov-report=term $(PYTEST_ARGS)
 
+## test: the normalizer and the turn loop (gateway/forward) are held to a branch-coverage floor.
 test: $(STAMP) system-deps lint typecheck pytest
 	$(PY) -m coverage report --include='normalizer/*' --fail-under=95
+	$(PY) -m coverage report --include='gateway/forward/*' --fail-under=90
 
 ## test-min: the runtime dependency floors of pyproject.toml, installed exactly, under the
 ## tests that exercise them (a separate venv, so the normal one keeps current versions).

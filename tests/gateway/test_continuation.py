@@ -26,9 +26,7 @@ class CountingStore:
             TurnBinding(group="g", account_id=account_id, response_id=response_id, **fields)
         )
 
-    async def lookup(
-        self, group: str, *, response_id: str | None, session_key: str | None
-    ) -> Any:
+    async def lookup(self, group: str, *, response_id: str | None, session_key: str | None) -> Any:
         self.lookups.append(response_id)
         if response_id in self.forgotten:
             return StoreContinuation()
@@ -51,7 +49,9 @@ async def test_continuing_the_socket_own_response_needs_no_lookup() -> None:
     store = CountingStore()
     for fields in ({"previous_response_id": "resp_local"}, {}):
         found = await resolve(store, LOCAL, **fields)
-        assert found == Continuation("resp_local", "acct-local", {"call_1": "x"}, "c1", "resp_local")
+        assert found == Continuation(
+            "resp_local", "acct-local", {"call_1": "x"}, "c1", "resp_local"
+        )
     assert store.lookups == []
 
 
