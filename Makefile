@@ -50,6 +50,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/check_imports.py
+	$(PY) scripts/check_sizes.py
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
