@@ -50,6 +50,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) scripts/check_imports.py
+	$(PY) scripts/check_sizes.py
 
 fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -63,10 +64,12 @@ codex-deps:
 	@bash scripts/install-codex.sh >/dev/null
 
 pytest: $(STAMP) system-deps codex-deps
-	$(PY) -m pytest -n 2 --cov=normalizer --cov-branch --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --cov=normalizer --cov=gateway/forward --cov-branch --cov-report=term $(PYTEST_ARGS)
 
+## test: the normalizer and the turn loop (gateway/forward) are held to a branch-coverage floor.
 test: $(STAMP) system-deps lint typecheck pytest
 	$(PY) -m coverage report --include='normalizer/*' --fail-under=95
+	$(PY) -m coverage report --include='gateway/forward/*' --fail-under=90
 
 ## test-min: the runtime dependency floors of pyproject.toml, installed exactly, under the
 ## tests that exercise them (a separate venv, so the normal one keeps current versions).

@@ -1,4 +1,4 @@
-"""Normalizer cost on a 1 MB, 200-item request: unchanged vs one injection (R-02, R-07).
+"""Normalizer cost on a 1 MB, 200-item request: unchanged vs one injection.
 
 .venv/bin/python -m bench.normalizer_bench
 """

@@ -1,4 +1,4 @@
-"""Pool acquire+release cost at 10..10,000 idle connections (R-13): flat means O(log n).
+"""Pool acquire+release cost at 10..10,000 idle connections: flat means O(log n).
 
     .venv/bin/python -m bench.pool_bench
 

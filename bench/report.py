@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.formatting import dig, fmt
 from bench.report_detail import alloc_and_profile, faults_table, pool_table, scenario_tables
 
 RELAYS = ("floor", "own-client relay", "passthrough", "ctx_pool")
@@ -42,26 +43,6 @@ STAGE_LABELS = {
 }
 
 
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def _x(value: float | None) -> str:
-    return "" if value is None else f" ({value:.2f}x)"
-
-
-def _get(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _verdict(value: float | None, limit: float, higher_is_better: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -87,10 +68,10 @@ def cpu_table(data: dict[str, Any]) -> list[str]:
             continue
         cells = []
         for r in others:
-            ratio = _get(sc, name, r, "x_floor", "cpu_us_per_event")
+            ratio = dig(sc, name, r, "x_floor", "cpu_us_per_event")
             mark = "" if ratio is None or r not in GATEWAY_MODES or ratio <= 1.2 else " ✗"
             cells.append(fmt(ratio) + mark)
-        floor = fmt(_get(sc, name, "floor", "cpu_us_per_event"), 1)
+        floor = fmt(dig(sc, name, "floor", "cpu_us_per_event"), 1)
         lines.append(f"| {what} (`{name}`) | {floor} | " + " | ".join(cells) + " |")
     return lines
 
@@ -107,13 +88,13 @@ def ttft_table(data: dict[str, Any]) -> list[str]:
         if name in sc:
             lines.append(
                 f"| TTFT, {what} (`{name}`) | "
-                + " | ".join(fmt(_get(sc, name, r, "ttft_added_ms", "p50"), 3) for r in relays)
+                + " | ".join(fmt(dig(sc, name, r, "ttft_added_ms", "p50"), 3) for r in relays)
                 + " |"
             )
     if "turn-c1" in sc:
         lines.append(
             "| whole turn, 1 socket (`turn-c1`) | "
-            + " | ".join(fmt(_get(sc, "turn-c1", r, "turn_added_ms", "p50"), 3) for r in relays)
+            + " | ".join(fmt(dig(sc, "turn-c1", r, "turn_added_ms", "p50"), 3) for r in relays)
             + " |"
         )
     return lines
@@ -130,8 +111,8 @@ def stage_table(data: dict[str, Any]) -> list[str]:
     ]
     for key, label in STAGE_LABELS.items():
         lines.append(
-            f"| {label} | {fmt(_get(cont, 'p50_us', key), 1)} |"
-            f" {fmt(_get(every, 'p50_us', key), 1)} |"
+            f"| {label} | {fmt(dig(cont, 'p50_us', key), 1)} |"
+            f" {fmt(dig(every, 'p50_us', key), 1)} |"
         )
     lines.append(f"| turns measured | {cont['turns']} | {every['turns']} |")
     return lines
@@ -160,7 +141,7 @@ def targets(data: dict[str, Any]) -> list[str]:
             (
                 v
                 for name, _ in CPU_ROWS
-                if (v := _get(sc, name, m, "x_floor", "cpu_us_per_event")) is not None
+                if (v := dig(sc, name, m, "x_floor", "cpu_us_per_event")) is not None
             ),
             default=None,
         )
@@ -172,22 +153,22 @@ def targets(data: dict[str, Any]) -> list[str]:
         + " |"
     )
     for name, what in TTFT_ROWS[:2]:
-        floor = _get(sc, name, "floor", "ttft_added_ms", "p50")
+        floor = dig(sc, name, "floor", "ttft_added_ms", "p50")
         cells = []
         for m in GATEWAY_MODES:
-            value = _get(sc, name, m, "ttft_added_ms", "p50")
+            value = dig(sc, name, m, "ttft_added_ms", "p50")
             limit = None if floor is None else floor + 0.1
             cells.append(
                 f"{fmt(value, 3)} ms {_verdict(value, limit) if limit is not None else 'n/a'}"
             )
         out.append(f"| TTFT added ≤ floor's + 0.1 ms, {what} | " + " | ".join(cells) + " |")
-        pt, cp = (_get(sc, name, m, "ttft_added_ms", "p50") for m in GATEWAY_MODES)
+        pt, cp = (dig(sc, name, m, "ttft_added_ms", "p50") for m in GATEWAY_MODES)
         out.append(
             f"| ctx_pool TTFT at or below passthrough, {what} | | "
             + ("n/a" if pt is None or cp is None else ("ok" if cp <= pt else "**MISSED**"))
             + " |"
         )
-    pre = _get(data, "stages", "continuation", "p50_us", "pre_write")
+    pre = dig(data, "stages", "continuation", "p50_us", "pre_write")
     out.append(
         "| turn entry → upstream write p50 ≤ 50 µs (10 KB continuation, one pending call) | | "
         f"{fmt(pre, 1)} µs {_verdict(pre, 50.0)} |"
@@ -201,7 +182,7 @@ def targets(data: dict[str, Any]) -> list[str]:
         out.append(
             f"| {label} | "
             + " | ".join(
-                f"{fmt(_get(faults, m, key), 3)} {_verdict(_get(faults, m, key), limit, good_high)}"
+                f"{fmt(dig(faults, m, key), 3)} {_verdict(dig(faults, m, key), limit, good_high)}"
                 for m in GATEWAY_MODES
             )
             + " |"
@@ -225,14 +206,14 @@ def readme_block(data: dict[str, Any]) -> str:
         *ttft_table(data),
         "",
     ]
-    pre = _get(data, "stages", "continuation", "p50_us", "pre_write")
+    pre = dig(data, "stages", "continuation", "p50_us", "pre_write")
     if pre is not None:
         lines += [
             f"In-process cost of a 10 KB tool-loop continuation, turn entry → upstream write:"
             f" **{pre:.1f} µs** p50 (`python -m bench --stages`).",
             "",
         ]
-    frames = _get(data, "frame_layer", "client_cpu_us_per_frame") or {}
+    frames = dig(data, "frame_layer", "client_cpu_us_per_frame") or {}
     shown = [f"{k} {v:.2f}" for k, v in frames.items() if isinstance(v, float)]
     if shown:
         lines += [
@@ -291,7 +272,7 @@ def markdown(data: dict[str, Any]) -> str:
             "1 socket, tool loops whose continuation carries a 10 KB `function_call_output`"
             " for the one pending call; wall-clock p50 per stage in the in-process host"
             " (a stage absent from a turn is not counted). Each timed stage reads the clock"
-            f" twice; one read cost {fmt(_get(data, 'stages', 'clock_read_ns'), 0)} ns here,"
+            f" twice; one read cost {fmt(dig(data, 'stages', 'clock_read_ns'), 0)} ns here,"
             " included in the figures.",
             "",
             *stage_table(data),

@@ -5,27 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.formatting import dig, fmt, ratio
+
 GATEWAY_MODES = ("passthrough", "ctx_pool")
-
-
-def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def _x(value: float | None) -> str:
-    return "" if value is None else f" ({value:.2f}x)"
-
-
-def _get(data: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
 
 
 def scenario_tables(data: dict[str, Any]) -> list[str]:
@@ -43,13 +25,13 @@ def scenario_tables(data: dict[str, Any]) -> list[str]:
             lat, add, ttft = d["lat_ms"], d["added_ms"], d["ttft_ms"]
             lines.append(
                 f"| {label} | {d['events']} | {fmt(d['cpu_us_per_event'], 1)}"
-                f"{_x(_get(d, 'x_floor', 'cpu_us_per_event'))} | "
+                f"{ratio(dig(d, 'x_floor', 'cpu_us_per_event'))} | "
                 f"{fmt(d.get('relay_cpu_util_pct'), 0)} | {fmt(d.get('load_cpu_util_pct'), 0)} | "
                 f"{fmt(lat['p50'], 3)} / {fmt(lat['p95'], 3)} / {fmt(lat['p99'], 3)} | "
                 f"{fmt(add['p50'], 3)} / {fmt(add['p95'], 3)} / {fmt(add['p99'], 3)} | "
                 f"{fmt(ttft['p50'])} / {fmt(ttft['p99'])} |"
-                f" {fmt(_get(d, 'turn_ms', 'p50'), 3)} | {fmt(d['turns_per_s'], 1)}"
-                f"{_x(_get(d, 'x_direct', 'turns_per_s'))} | {fmt(d['events_per_s'], 0)} |"
+                f" {fmt(dig(d, 'turn_ms', 'p50'), 3)} | {fmt(d['turns_per_s'], 1)}"
+                f"{ratio(dig(d, 'x_direct', 'turns_per_s'))} | {fmt(d['events_per_s'], 0)} |"
                 f" {d['errors']} |"
             )
         lines.append("")
@@ -80,7 +62,7 @@ def alloc_and_profile(data: dict[str, Any]) -> list[str]:
         )
     lines.append("")
     for label in ("ctx_pool", "passthrough", "floor"):
-        prof = _get(alloc, label, "profile")
+        prof = dig(alloc, label, "profile")
         if not prof:
             continue
         lines += [
@@ -129,7 +111,7 @@ def faults_table(data: dict[str, Any]) -> list[str]:
         "faults_fired",
     ):
         lines.append(
-            f"| {key} | " + " | ".join(fmt(_get(faults, m, key), 3) for m in GATEWAY_MODES) + " |"
+            f"| {key} | " + " | ".join(fmt(dig(faults, m, key), 3) for m in GATEWAY_MODES) + " |"
         )
     lines.append("")
     return lines

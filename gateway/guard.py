@@ -328,6 +328,11 @@ def install_ingress_guard(gate: HandshakeGate) -> HandshakeGate:
 
 
 def _patch_httptools(gate: HandshakeGate) -> None:
+    """Wrap the httptools protocol's hooks so each connection holds a handshake ticket.
+
+    Long because each wrapper closes over the original method it replaces; the six
+    wrappers read best side by side with the assignments that install them.
+    """
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools missing: uvicorn uses h11, which bounds headers itself

@@ -346,7 +346,3 @@ class PayloadSampler:
         if len(raw) > self.max_bytes:
             text += f"...[truncated {len(raw) - self.max_bytes} bytes]"
         return text
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000.0

@@ -1,4 +1,4 @@
-"""Failure classification and the recovery matrix (R-20, R-21). Pure: no I/O, no clock.
+"""Failure classification and the recovery matrix. Pure: no I/O, no clock.
 
 Every way a turn can fail before its first event reached the client is reduced to a
 ``Failure`` kind; ``next_action`` maps it, with what was already tried, to one action.

@@ -109,6 +109,21 @@ class Metrics:
             # Process and platform facts of this process (a custom registry has none).
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
+        self._declare_turn_metrics(r)
+        self._declare_socket_metrics(r)
+        self._declare_store_metrics(r)
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "Always 1; the labels name the running build",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(gateway_version(), platform.python_version()).set(1)
+        self._precreate(list(accounts), list(modes))
+
+    def _declare_turn_metrics(self, r: CollectorRegistry) -> None:
+        """How turns went: outcomes, latency, retries, fallbacks, recoveries."""
         self.turns = Counter("gateway_turns", "Turns by outcome", ["mode", "outcome"], registry=r)
         self.ttft = Histogram(
             "gateway_ttft_seconds",
@@ -156,6 +171,9 @@ class Metrics:
         self.drained = Counter(
             "gateway_drained_turns", "Turns drained to terminal after the client left", registry=r
         )
+
+    def _declare_socket_metrics(self, r: CollectorRegistry) -> None:
+        """Client sockets, upstream accounts and the upstream socket pools."""
         self.client_errors = Counter(
             "gateway_client_errors",
             "Error events the gateway sent to clients",
@@ -207,6 +225,9 @@ class Metrics:
         self.pool_acquires = Counter(
             "gateway_pool_acquires", "Upstream socket leases", ["account", "kind"], registry=r
         )
+
+    def _declare_store_metrics(self, r: CollectorRegistry) -> None:
+        """The continuation state store and its hot cache."""
         self.store_ops = Histogram(
             "gateway_statestore_op_seconds",
             "State store op latency",
@@ -223,16 +244,6 @@ class Metrics:
         self.bind_failures = Counter(
             "gateway_statestore_bind_failures", "Turn binds that did not reach Redis", registry=r
         )
-
-        self.build_info = Gauge(
-            "gateway_build_info",
-            "Always 1; the labels name the running build",
-            ["version", "python"],
-            registry=r,
-            multiprocess_mode="livemax",
-        )
-        self.build_info.labels(gateway_version(), platform.python_version()).set(1)
-        self._precreate(list(accounts), list(modes))
 
     def _precreate(self, accounts: list[str], modes: list[str]) -> None:
         for mode in modes:

@@ -116,11 +116,12 @@ class IdleHeap:
         entry.heap_pos = -1
         return entry
 
-    def _sift_up(self, i: int) -> None:
+    def _sift_up(self, i: int, start: int = 0) -> None:
+        """Move the entry at ``i`` up while it ranks before its parent, not above ``start``."""
         items = self._items
         entry = items[i]
         rank = entry.rank
-        while i > 0:
+        while i > start:
             parent_i = (i - 1) >> 1
             parent = items[parent_i]
             if not rank < parent.rank:
@@ -155,17 +156,9 @@ class IdleHeap:
             items[i] = child
             child.heap_pos = i
             i = child_i
-        rank = entry.rank
-        while i > start:
-            parent_i = (i - 1) >> 1
-            parent = items[parent_i]
-            if not rank < parent.rank:
-                break
-            items[i] = parent
-            parent.heap_pos = i
-            i = parent_i
         items[i] = entry
         entry.heap_pos = i
+        self._sift_up(i, start)
 
     def check(self) -> None:
         """Heap order holds and the index agrees with the list (tests call this)."""

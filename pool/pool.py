@@ -14,10 +14,9 @@ that has not run yet).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
@@ -35,14 +34,8 @@ from pool.types import (
     PoolExhausted,
     PoolStats,
 )
+from pool.waiters import DIAL, Waiter, WaiterQueue
 
-
-class _DialToken:
-    """Handed to a waiter instead of a socket: "a slot is reserved for you, dial"."""
-
-
-_DIAL: Final = _DialToken()
-_Waiter = asyncio.Future[Entry | _DialToken]
 _PING_PARALLELISM = 8  # background pings in flight per account
 
 
@@ -65,7 +58,7 @@ class AccountPool:
         self._conns: dict[str, Entry] = {}  # every socket the pool owns: idle, leased, probing
         self._dialing = 0
         self._leased = 0
-        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._waiters = WaiterQueue()
         self._closed = closed
         self._background: set[asyncio.Task[None]] = set()
         self._prewarm_task: asyncio.Task[None] | None = None
@@ -120,8 +113,7 @@ class AccountPool:
             raise AssertionError(f"counts off: dialing={self._dialing} leased={self._leased}")
         if self.size > self.config.max_conns:
             raise AssertionError(f"{self.size} sockets exceed max_conns={self.config.max_conns}")
-        waiting = any(not fut.done() for fut in self._waiters)
-        if waiting and (self._idle or self.size < self.config.max_conns):
+        if self._waiters.anyone_waiting() and (self._idle or self.size < self.config.max_conns):
             raise AssertionError("waiters queued while a socket or a slot is free")
 
     # -- acquire -----------------------------------------------------------------------
@@ -247,8 +239,7 @@ class AccountPool:
         limit = cfg.acquire_timeout_s if timeout is None else timeout
         loop = asyncio.get_running_loop()
         started = loop.time()
-        fut: _Waiter = loop.create_future()
-        self._waiters.append(fut)
+        fut = self._waiters.join()
         self._counts.waits += 1
         try:
             async with asyncio.timeout_at(started + limit):
@@ -270,11 +261,10 @@ class AccountPool:
             # It was unusable and dropped; its slot stayed reserved for this waiter.
         return self._lease(await self._dial_reserved(), False, False, waited)
 
-    def _abandon(self, fut: _Waiter) -> None:
+    def _abandon(self, fut: Waiter) -> None:
         """A waiter left (timeout or cancel) and leaves no trace: whatever it was handed
         at that moment goes to the next waiter or back to the heap."""
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(fut)
+        self._waiters.leave(fut)
         if fut.done() and not fut.cancelled():
             handed = fut.result()
             if isinstance(handed, Entry):
@@ -285,23 +275,14 @@ class AccountPool:
         # may have queued behind it although a slot was free.
         self._wake_waiters()
 
-    def _next_waiter(self) -> _Waiter | None:
-        """The oldest waiter still waiting (a cancelled one leaves via ``_abandon``)."""
-        waiters = self._waiters
-        while waiters:
-            fut = waiters.popleft()
-            if not fut.done():
-                return fut
-        return None
-
     def _wake_waiters(self) -> None:
         """Reserve each free slot for the oldest waiter; it dials when it runs."""
         while not self._closed and self.size < self.config.max_conns:
-            fut = self._next_waiter()
+            fut = self._waiters.next()
             if fut is None:
                 return
             self._dialing += 1
-            fut.set_result(_DIAL)
+            fut.set_result(DIAL)
 
     # -- release -----------------------------------------------------------------------
     def _release(self, entry: Entry, broken: bool, bound: bool) -> None:
@@ -327,7 +308,7 @@ class AccountPool:
         if self._closed:
             self._drop(entry)
             return
-        fut = self._next_waiter() if self._waiters else None
+        fut = self._waiters.next() if self._waiters else None
         if fut is None:
             self._idle.push(entry)
         else:
@@ -454,7 +435,7 @@ class AccountPool:
         self._closed = True
         if self._prewarm_task is not None:
             self._prewarm_task.cancel()
-        while (fut := self._next_waiter()) is not None:
+        while (fut := self._waiters.next()) is not None:
             fut.set_exception(PoolClosed(f"pool for account {self.account_id} closed"))
         for entry in self._idle:
             self._drop(entry)

@@ -1,6 +1,6 @@
 """A protocol-faithful stand-in for the OpenAI Responses API (WebSocket + HTTP/SSE).
 
-Rules it enforces like the real API (PROTOCOL.md §3-§5): one response in flight per
+Rules it enforces like the real API: one response in flight per
 socket; a ``previous_response_id`` resolves to the socket's latest response whatever
 ``store`` was, or to a persisted (``store: true``) response of the same account on any
 socket or over HTTP, else ``previous_response_not_found``; every tool call needs exactly

@@ -113,8 +113,29 @@ class SimLog(dict[str, Any]):
         return next((c for c in self.connections if c.conn_id == conn_id), None)
 
 
+# What a request carries and what its answer means are the same for both clients; only
+# the I/O differs (the way httpx pairs Client and AsyncClient).
 def _drop_spec(account_key: str | None, idle_only: bool, mode: str, code: int) -> dict[str, Any]:
     return {"account_key": account_key, "idle_only": idle_only, "mode": mode, "code": code}
+
+
+def _log_params(since: int, raw: bool) -> dict[str, str]:
+    return {"since": str(since), "raw": "1" if raw else "0"}
+
+
+def _body(response: httpx.Response) -> Any:
+    response.raise_for_status()
+    return response.json()
+
+
+def _fault_id(response: httpx.Response) -> str:
+    if response.status_code == 400:  # the rule itself is wrong: the caller's mistake
+        raise ValueError(response.json().get("error", response.text))
+    return str(_body(response)["id"])
+
+
+def _never_satisfied(log: SimLog) -> AssertionError:
+    return AssertionError(f"simulator log never satisfied the condition: {dict(log)}")
 
 
 class SimControl:
@@ -135,33 +156,22 @@ class SimControl:
 
     def add_fault(self, **rule: Any) -> str:
         """Add a fault rule (see the module docstring); returns its id."""
-        response = self._client.post("/__sim/faults", json=rule)
-        if response.status_code == 400:
-            raise ValueError(response.json().get("error", response.text))
-        response.raise_for_status()
-        return str(response.json()["id"])
+        return _fault_id(self._client.post("/__sim/faults", json=rule))
 
     def remove_fault(self, rule_id: str) -> bool:
-        response = self._client.delete(f"/__sim/faults/{rule_id}")
-        response.raise_for_status()
-        return bool(response.json()["ok"])
+        return bool(_body(self._client.delete(f"/__sim/faults/{rule_id}"))["ok"])
 
     def clear_faults(self) -> None:
         self._client.delete("/__sim/faults").raise_for_status()
 
     def faults(self) -> list[dict[str, Any]]:
         """The live rules, each with its remaining ``times`` and ``fired`` count."""
-        response = self._client.get("/__sim/faults")
-        response.raise_for_status()
-        rules: list[dict[str, Any]] = response.json()
+        rules: list[dict[str, Any]] = _body(self._client.get("/__sim/faults"))
         return rules
 
     def log(self, since: int = 0, raw: bool = True) -> SimLog:
         """The log; ``since`` skips the first N requests, ``raw=False`` blanks frame texts."""
-        params = {"since": str(since), "raw": "1" if raw else "0"}
-        response = self._client.get("/__sim/log", params=params)
-        response.raise_for_status()
-        return SimLog(response.json())
+        return SimLog(_body(self._client.get("/__sim/log", params=_log_params(since, raw))))
 
     def drop_connections(
         self,
@@ -172,9 +182,7 @@ class SimControl:
     ) -> int:
         """Close matching upstream sockets (``mode="abort"``: drop TCP); returns how many."""
         spec = _drop_spec(account_key, idle_only, mode, code)
-        response = self._client.post("/__sim/drop", json=spec)
-        response.raise_for_status()
-        return int(response.json()["dropped"])
+        return int(_body(self._client.post("/__sim/drop", json=spec))["dropped"])
 
     def healthy(self) -> bool:
         try:
@@ -192,7 +200,7 @@ class SimControl:
             if predicate(log):
                 return log
             if time.monotonic() > deadline:
-                raise AssertionError(f"simulator log never satisfied the condition: {dict(log)}")
+                raise _never_satisfied(log)
             time.sleep(interval)
 
     def close(self) -> None:
@@ -216,31 +224,20 @@ class AsyncSimControl:
         (await self._client.post("/__sim/reset")).raise_for_status()
 
     async def add_fault(self, **rule: Any) -> str:
-        response = await self._client.post("/__sim/faults", json=rule)
-        if response.status_code == 400:
-            raise ValueError(response.json().get("error", response.text))
-        response.raise_for_status()
-        return str(response.json()["id"])
+        return _fault_id(await self._client.post("/__sim/faults", json=rule))
 
     async def remove_fault(self, rule_id: str) -> bool:
-        response = await self._client.delete(f"/__sim/faults/{rule_id}")
-        response.raise_for_status()
-        return bool(response.json()["ok"])
+        return bool(_body(await self._client.delete(f"/__sim/faults/{rule_id}"))["ok"])
 
     async def clear_faults(self) -> None:
         (await self._client.delete("/__sim/faults")).raise_for_status()
 
     async def faults(self) -> list[dict[str, Any]]:
-        response = await self._client.get("/__sim/faults")
-        response.raise_for_status()
-        rules: list[dict[str, Any]] = response.json()
+        rules: list[dict[str, Any]] = _body(await self._client.get("/__sim/faults"))
         return rules
 
     async def log(self, since: int = 0, raw: bool = True) -> SimLog:
-        params = {"since": str(since), "raw": "1" if raw else "0"}
-        response = await self._client.get("/__sim/log", params=params)
-        response.raise_for_status()
-        return SimLog(response.json())
+        return SimLog(_body(await self._client.get("/__sim/log", params=_log_params(since, raw))))
 
     async def drop_connections(
         self,
@@ -250,9 +247,7 @@ class AsyncSimControl:
         code: int = 1001,
     ) -> int:
         spec = _drop_spec(account_key, idle_only, mode, code)
-        response = await self._client.post("/__sim/drop", json=spec)
-        response.raise_for_status()
-        return int(response.json()["dropped"])
+        return int(_body(await self._client.post("/__sim/drop", json=spec))["dropped"])
 
     async def healthy(self) -> bool:
         try:
@@ -269,7 +264,7 @@ class AsyncSimControl:
             if predicate(log):
                 return log
             if time.monotonic() > deadline:
-                raise AssertionError(f"simulator log never satisfied the condition: {dict(log)}")
+                raise _never_satisfied(log)
             await asyncio.sleep(interval)
 
     async def aclose(self) -> None:

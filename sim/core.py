@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from sim.events import error_event, previous_not_found
+from sim.events import BuiltResponse, build_response, error_event, previous_not_found
 from sim.faults import FaultBook, Occasion
 from sim.model import (
     OUTPUT_TYPES,
+    Answer,
     Item,
     StoredResponse,
     estimate_tokens,
     first_call_id,
     input_items,
     last_user_text,
+    new_id,
     pairing_error,
 )
 from sim.records import ConnectionRecord, Counters, LogDocument, RequestRecord
@@ -65,6 +67,28 @@ def _optional_bool(value: Any) -> bool | None:
 
 def _optional_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def new_response(
+    record: RequestRecord,
+    body: dict[str, Any],
+    prepared: Prepared,
+    answer: Answer,
+    *,
+    generate: bool,
+    cached_tokens: int,
+) -> tuple[BuiltResponse, StoredResponse]:
+    """A fresh response for this request: its events, and what the account keeps of it."""
+    response_id = new_id("resp")
+    record.response_id = response_id
+    built = build_response(
+        response_id, body, answer, generate, prepared.input_tokens, cached_tokens
+    )
+    usage = built.response["usage"]
+    stored = StoredResponse(
+        response_id, prepared.context, built.output, usage["input_tokens"], usage["output_tokens"]
+    )
+    return built, stored
 
 
 class SimCore:

@@ -1,8 +1,8 @@
 """Server events of one response, built and encoded up front (the send loop only writes).
 
-Shapes follow PROTOCOL.md §3: every event carries ``sequence_number`` (from 0); the
+Shapes follow the real API: every event carries ``sequence_number`` (from 0); the
 terminal event carries the full ``output`` and ``usage``. Error events use the wire
-shape Codex parses (§3.4).
+shape Codex parses (``status``, ``error.code``/``message``/``param``).
 """
 
 from __future__ import annotations

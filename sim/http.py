@@ -15,10 +15,10 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from sim.core import INVALID_KEY, SimCore, bearer
-from sim.events import build_response, encode, stamp
+from sim.core import INVALID_KEY, SimCore, bearer, new_response
+from sim.events import encode, stamp
 from sim.faults import Occasion
-from sim.model import StoredResponse, answer_for, new_id
+from sim.model import answer_for
 from sim.records import RequestRecord
 
 WS_ONLY_FIELDS = ("type", "generate")
@@ -32,6 +32,34 @@ def _error_body(
 
 def _sse(event_type: str, frame: str) -> str:
     return f"event: {event_type}\ndata: {frame}\n\n"
+
+
+def _injected_status(core: SimCore, record: RequestRecord, key: str) -> Response | None:
+    """An ``http_status`` fault: the whole request answered with that status."""
+    injected = core.faults.take("http_status", Occasion(key, "http"))
+    if injected is None:
+        return None
+    status = injected.status or 500
+    record.faults.append(injected.id)
+    core.finish(record, f"http:{status}")
+    extra = {"retry-after": f"{injected.retry_after:g}"} if injected.retry_after else {}
+    message = injected.message or f"Simulated HTTP {status}."
+    code = injected.code if isinstance(injected.code, str) else None
+    error_type = "invalid_request_error" if status < 500 else "server_error"
+    return JSONResponse(_error_body(message, error_type, code), status_code=status, headers=extra)
+
+
+def _early_error(core: SimCore, record: RequestRecord, occasion: Occasion) -> Response | None:
+    """An ``error_event`` fault due before any event: over HTTP it is an error status."""
+    early = core.faults.take("error_event", occasion, lambda r: r.after_events <= 0)
+    if early is None:
+        return None
+    status = early.status or 500
+    record.faults.append(early.id)
+    code = "server_error" if early.code is None else str(early.code)
+    core.finish(record, f"error:{code}")
+    message = early.message or "The server had an error while processing your request."
+    return JSONResponse(_error_body(message, "server_error", code), status_code=status)
 
 
 async def http_endpoint(core: SimCore, request: Request) -> Response:
@@ -50,18 +78,9 @@ async def http_endpoint(core: SimCore, request: Request) -> Response:
         message = "We could not parse the JSON body of your request."
         return JSONResponse(_error_body(message, "invalid_request_error", None), status_code=400)
     record = core.new_request("http", None, key, raw, body)
-    injected = core.faults.take("http_status", Occasion(key, "http"))
+    injected = _injected_status(core, record, key)
     if injected is not None:
-        status = injected.status or 500
-        record.faults.append(injected.id)
-        core.finish(record, f"http:{status}")
-        extra = {"retry-after": f"{injected.retry_after:g}"} if injected.retry_after else {}
-        message = injected.message or f"Simulated HTTP {status}."
-        code = injected.code if isinstance(injected.code, str) else None
-        error_type = "invalid_request_error" if status < 500 else "server_error"
-        return JSONResponse(
-            _error_body(message, error_type, code), status_code=status, headers=extra
-        )
+        return injected
     for field in WS_ONLY_FIELDS:
         if field in body:
             core.finish(record, "error:unknown_parameter")
@@ -76,22 +95,11 @@ async def http_endpoint(core: SimCore, request: Request) -> Response:
         core.fail(record, error)
         return JSONResponse({"error": error["error"]}, status_code=int(error["status"]))
     occasion = Occasion(key, "http", True, prepared.text)
-    early = core.faults.take("error_event", occasion, lambda r: r.after_events <= 0)
+    early = _early_error(core, record, occasion)
     if early is not None:
-        status = early.status or 500
-        record.faults.append(early.id)
-        code = "server_error" if early.code is None else str(early.code)
-        core.finish(record, f"error:{code}")
-        message = early.message or "The server had an error while processing your request."
-        return JSONResponse(_error_body(message, "server_error", code), status_code=status)
+        return early
     answer = answer_for(prepared.context)
-    response_id = new_id("resp")
-    record.response_id = response_id
-    built = build_response(response_id, body, answer, True, prepared.input_tokens, 0)
-    usage = built.response["usage"]
-    stored = StoredResponse(
-        response_id, prepared.context, built.output, usage["input_tokens"], usage["output_tokens"]
-    )
+    built, stored = new_response(record, body, prepared, answer, generate=True, cached_tokens=0)
     if body.get("store", True) is not False and built.response["status"] != "failed":
         core.persist(key, stored)
     if body.get("stream") is not True:

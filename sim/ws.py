@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import msgspec
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from sim.core import INVALID_KEY, Prepared, SimCore, bearer
-from sim.events import build_response, encode, error_event, stamp
-from sim.faults import FaultRule, Occasion
-from sim.model import Answer, StoredResponse, answer_for, new_id
+from sim.core import INVALID_KEY, Prepared, SimCore, bearer, new_response
+from sim.events import encode, error_event, stamp
+from sim.faults import FaultBook, FaultRule, Occasion
+from sim.model import Answer, StoredResponse, answer_for
 from sim.records import ConnectionRecord, RequestRecord
 
 AGE_LIMIT_MESSAGE = (
@@ -27,6 +28,34 @@ AGE_LIMIT_MESSAGE = (
     "Create a new websocket connection to continue."
 )
 _CLIENT_SIDE_CODES = ("previous_response_not_found", "websocket_connection_limit_reached")
+
+
+@dataclass(slots=True)
+class _StreamFaults:
+    """The fault rules one streamed response took, and which of them fired."""
+
+    first_delay: FaultRule | None
+    cut: FaultRule | None
+    fail: FaultRule | None
+    mute: FaultRule | None
+    fired: list[FaultRule] = field(default_factory=list)
+
+    @classmethod
+    def take(cls, book: FaultBook, occasion: Occasion) -> _StreamFaults:
+        return cls(
+            first_delay=book.take("first_byte_delay_ms", occasion),
+            cut=book.take("close_after_events", occasion),
+            fail=book.take("error_event", occasion, lambda r: r.after_events > 0),
+            mute=book.take("silence", occasion),
+        )
+
+    def settle(self, book: FaultBook, request: RequestRecord) -> None:
+        """Give back the rules that did not fire (another request may use them)."""
+        taken = (self.first_delay, self.cut, self.fail, self.mute)
+        for rule in taken:
+            if rule is not None and not any(rule is f for f in self.fired):
+                book.give_back(rule)
+        request.faults.extend(r.id for r in self.fired)
 
 
 class TcpTransport(Protocol):
@@ -233,48 +262,20 @@ class SimSocket:
     ) -> None:
         core = self.core
         answer = answer_for(prepared.context) if generate else Answer()
-        response_id = new_id("resp")
-        request.response_id = response_id
-        built = build_response(
-            response_id, body, answer, generate, prepared.input_tokens, prepared.cached_tokens
-        )
-        usage = built.response["usage"]
-        stored = StoredResponse(
-            response_id,
-            prepared.context,
-            built.output,
-            usage["input_tokens"],
-            usage["output_tokens"],
+        built, stored = new_response(
+            request, body, prepared, answer, generate=generate, cached_tokens=prepared.cached_tokens
         )
         store = body.get("store", True) is not False
         status = built.response["status"]
-        take = core.faults.take
-        first_delay = take("first_byte_delay_ms", occasion)
-        cut = take("close_after_events", occasion)
-        fail = take("error_event", occasion, lambda r: r.after_events > 0)
-        mute = take("silence", occasion)
-        reserved = [r for r in (first_delay, cut, fail, mute) if r is not None]
-        fired: list[FaultRule] = [first_delay] if first_delay is not None else []
+        faults = _StreamFaults.take(core.faults, occasion)
         delay = answer.delay_ms / 1000.0
-        if first_delay is not None:
-            await asyncio.sleep(first_delay.delay_ms / 1000.0)
+        if faults.first_delay is not None:
+            faults.fired.append(faults.first_delay)
+            await asyncio.sleep(faults.first_delay.delay_ms / 1000.0)
         last_index = len(built.frames) - 1
         try:
             for index, frame in enumerate(built.frames):
-                if cut is not None and index == cut.after_events:
-                    fired.append(cut)
-                    self.last = None
-                    code = cut.code if isinstance(cut.code, int) else 1011
-                    core.finish(request, "aborted" if cut.mode == "abort" else f"closed:{code}")
-                    await self.close(code, cut.mode)
-                    return
-                if fail is not None and index == fail.after_events:
-                    fired.append(fail)
-                    await self._refuse(request, _rule_error(fail))
-                    return
-                if mute is not None and index == mute.after_events:
-                    fired.append(mute)
-                    await self._go_silent(request, mute)
+                if await self._interrupted(request, index, faults):
                     return
                 if delay and index:
                     await asyncio.sleep(delay)
@@ -300,15 +301,32 @@ class SimSocket:
             request.completed_delivered = True
             core.finish(request, "completed")
         finally:
-            for rule in reserved:
-                if not any(rule is f for f in fired):
-                    core.faults.give_back(rule)
-            request.faults.extend(r.id for r in fired)
-        after = take("close_after_terminal", occasion)
+            faults.settle(core.faults, request)
+        after = core.faults.take("close_after_terminal", occasion)
         if after is not None:
             request.faults.append(after.id)
             code = after.code if isinstance(after.code, int) else 1000
             await self.close(code, after.mode)
+
+    async def _interrupted(self, request: RequestRecord, index: int, faults: _StreamFaults) -> bool:
+        """Fire the fault due before frame ``index``, if any; True when it ended the stream."""
+        cut, fail, mute = faults.cut, faults.fail, faults.mute
+        if cut is not None and index == cut.after_events:
+            faults.fired.append(cut)
+            self.last = None
+            code = cut.code if isinstance(cut.code, int) else 1011
+            self.core.finish(request, "aborted" if cut.mode == "abort" else f"closed:{code}")
+            await self.close(code, cut.mode)
+            return True
+        if fail is not None and index == fail.after_events:
+            faults.fired.append(fail)
+            await self._refuse(request, _rule_error(fail))
+            return True
+        if mute is not None and index == mute.after_events:
+            faults.fired.append(mute)
+            await self._go_silent(request, mute)
+            return True
+        return False
 
     async def _go_silent(self, request: RequestRecord, rule: FaultRule) -> None:
         """Half-open: no more events, no pongs (we stop reading), then TCP is dropped."""

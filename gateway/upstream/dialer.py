@@ -1,7 +1,8 @@
 """The pool's Dialer for real upstream sockets.
 
 Pooled sockets are dialed with account headers; when a dial happens inline for a turn,
-that turn's forwardable Codex headers (R-05) ride along through a context variable.
+that turn's forwardable Codex headers (session, thread and request ids) ride along
+through a context variable.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 from gateway.config import Account
 
-# Forwarded verbatim when the client sent them (R-05). Never the client's Authorization.
+# Forwarded verbatim when the client sent them (Codex's session and turn headers). Never the
+# client's Authorization.
 FORWARDED_CLIENT_HEADERS = (
     "session-id",
     "session_id",
@@ -38,7 +39,7 @@ def forwarded_headers(client_headers: Mapping[str, str]) -> list[tuple[str, str]
 
 
 def session_key(client_headers: Mapping[str, str]) -> str | None:
-    """session-id / session_id, else thread-id, else x-client-request-id (R-05)."""
+    """The client's session: session-id / session_id, else thread-id, else x-client-request-id."""
     for name in SESSION_HEADERS:
         value = client_headers.get(name)
         if value:

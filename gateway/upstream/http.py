@@ -1,4 +1,4 @@
-"""HTTP upstream: one reusable httpx client per proxy URL (R-19), SSE parsed to events.
+"""HTTP upstream: one reusable httpx client per proxy URL, SSE parsed to events.
 
 SSE ``data:`` payloads are the same JSON objects the WebSocket transport sends as
 frames, so a fallback turn relays them to a WebSocket client unchanged.

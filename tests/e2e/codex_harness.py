@@ -127,7 +127,7 @@ def describe(result: dict[str, Any]) -> str:
 
 
 def codex_config_toml(base_url: str, provider_extra: dict[str, Any]) -> str:
-    """PROTOCOL.md §9 config: one WS-capable provider, short retry budgets."""
+    """Codex's config.toml: one WS-capable provider, short retry budgets, no analytics."""
     provider: dict[str, Any] = {
         "name": "gw",
         "base_url": base_url,
@@ -170,7 +170,7 @@ def _run_codex(
     argv = _codex_argv(step)
     started = time.monotonic()
     try:
-        with open(os.devnull, "rb") as devnull:  # stdin must be empty (PROTOCOL §9)
+        with open(os.devnull, "rb") as devnull:  # else Codex appends stdin to the prompt
             done = subprocess.run(
                 argv,
                 stdin=devnull,

@@ -1,5 +1,6 @@
-"""Several instances behind the shipped nginx config with one Redis (R-26, R-27):
-real gateway processes, real nginx, real redis-server, the simulator."""
+"""Several instances behind the shipped nginx config with one Redis: a conversation hops
+instances, and an instance stopped (SIGTERM) or killed (SIGKILL) loses no conversation.
+Real gateway processes, real nginx, real redis-server, the simulator."""
 
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ async def test_sigkill_between_turns_store_false_recovers_by_full_replay(cluster
         )
         if terminal(second)["type"] == "error":
             # The new instance has neither the upstream socket nor a transcript: it asks
-            # for the full history, exactly as Codex then resends it (PROTOCOL.md §4).
+            # for the full history, which Codex then resends on a new socket.
             assert terminal(second)["error"]["code"] == "previous_response_not_found"
             output = first[-1]["response"]["output"]
             second = await turn(ws, create(items=[*history, *output, user_message("which fruit?")]))

@@ -115,7 +115,7 @@ def test_direct_text_turn(codex_binary: str) -> None:
     assert reqs[1]["previous_response_id"] == reqs[0]["response_id"]
     assert all(r["outcome"] == "completed" for r in reqs)
     (socket,) = ws_sockets(result)
-    # What PROTOCOL.md §1.2 says Codex 0.169.0 sends on the upgrade.
+    # The headers Codex 0.169.0 sends on the upgrade.
     assert socket["headers"]["openai-beta"] == "responses_websockets=2026-02-06"
     assert socket["headers"]["session-id"] == socket["headers"]["thread-id"]
     assert socket["headers"]["originator"] == "codex_exec"
@@ -182,7 +182,7 @@ def test_direct_previous_response_not_found_makes_codex_replay(codex_binary: str
 
 
 def test_direct_tool_output_missing_is_fatal_for_codex(codex_binary: str) -> None:
-    """Why the gateway must hide it: Codex gives up at once (PROTOCOL §4)."""
+    """Why the gateway must hide it: Codex treats it as fatal and exits without a retry."""
     result = run(
         codex_binary,
         mode="direct",

@@ -1,4 +1,4 @@
-"""ctx_pool acceptance (issue 10): real gateway processes, the simulator, a real Redis."""
+"""ctx_pool end to end: real gateway processes, the simulator, a real Redis."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Graceful shutdown (R-26) on one real gateway process: SIGTERM mid-turn."""
+"""Graceful shutdown on one real gateway process: SIGTERM mid-turn, the turn finishes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Foundation acceptance (issue 3): a real gateway process in passthrough mode in front
+"""Passthrough end to end: a real gateway process in passthrough mode in front
 of the simulator, driven over real WebSockets."""
 
 from __future__ import annotations

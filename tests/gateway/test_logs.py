@@ -10,9 +10,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 
+from gateway import logs
 from gateway.config import parse_config
 from gateway.logs import (
     JsonFormatter,
@@ -272,7 +274,9 @@ class FakeTracker:
     error: FakeError | None = None
 
 
-def test_turn_line_has_every_fact() -> None:
+def test_turn_line_has_every_fact(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The line's duration is read from the logs module's clock: pin it.
+    monkeypatch.setattr(logs, "time", SimpleNamespace(perf_counter=lambda: 100.25))
     facts = TurnLogFacts(
         "acct-b", FakeTracker(), retries=2, fallback="closed_policy", recovery="align"
     )
@@ -280,7 +284,7 @@ def test_turn_line_has_every_fact() -> None:
         capture("gateway.turn", JsonFormatter()) as h,
         log_fields(session="sess-1", client="dev"),
     ):
-        log_turn("ctx_pool", "completed", facts, started=time.perf_counter() - 0.25)
+        log_turn("ctx_pool", "completed", facts, started=100.0)
     (line,) = h.lines
     out = json.loads(line)
     assert out["level"] == "info" and out["event"] == "turn" and out["msg"] == "turn completed"
@@ -290,7 +294,7 @@ def test_turn_line_has_every_fact() -> None:
     assert out["model"] == "gpt-test"
     assert out["retries"] == 2 and out["fallback"] == "closed_policy" and out["recovery"] == "align"
     assert out["ttft_ms"] == 12.5
-    assert out["duration_ms"] >= 250
+    assert out["duration_ms"] == 250.0
     assert out["input_tokens"] == 11 and out["output_tokens"] == 7 and out["events"] == 9
     assert out["drained_after_disconnect"] is False
     assert "error_code" not in out

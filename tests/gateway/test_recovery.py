@@ -1,4 +1,4 @@
-"""gateway.recovery: failure classification, the recovery matrix (R-20/R-21), backoff."""
+"""gateway.recovery: failure classification, the recovery matrix backoff."""
 
 from __future__ import annotations
 

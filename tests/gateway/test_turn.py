@@ -25,7 +25,7 @@ def frame(event: dict[str, Any]) -> str:
 
 
 def text_turn(resp_id: str = "resp_text") -> list[str]:
-    """PROTOCOL 3.1: a plain text turn as Codex 0.169.0 accepted it."""
+    """A plain text turn as Codex 0.169.0 accepted it."""
     msg_done = {
         "id": "msg_1",
         "type": "message",
@@ -116,7 +116,7 @@ def text_turn(resp_id: str = "resp_text") -> list[str]:
 
 
 def function_call_turn(resp_id: str = "resp_fc") -> list[str]:
-    """PROTOCOL 3.2: a function-call turn."""
+    """A function-call turn: the response ends with a call the client must answer."""
     call = {
         "type": "function_call",
         "id": "fc_1",

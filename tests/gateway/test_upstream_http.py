@@ -1,4 +1,4 @@
-"""gateway.upstream.http: SSE data extraction and one reusable HTTP client per proxy (R-19)."""
+"""gateway.upstream.http: SSE data extraction and one reusable HTTP client per proxy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The WebSocket endpoint against the protocol (PROTOCOL.md §2-§5), over a real socket."""
+"""The WebSocket endpoint against the real API's rules (frames, events, continuation), over a real socket."""
 
 from __future__ import annotations
 
