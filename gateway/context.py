@@ -9,7 +9,6 @@ import logging
 import os
 import time
 import weakref
-from collections import defaultdict
 
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
@@ -44,6 +43,35 @@ def pool_config_for(cfg: Config, account: Account | None = None) -> PoolConfig:
         max_age_s=ws.max_conn_age_s,
         maintenance_interval_s=ws.maintenance_interval_s,
         prewarm_cooldown_s=ws.prewarm_cooldown_ms / 1000.0,
+    )
+
+
+def durable_transcripts_on(cfg: Config) -> bool:
+    """On by default where another instance can read them (a Redis store)."""
+    durable = cfg.statestore.durable_transcripts
+    return durable if durable is not None else cfg.statestore.url != "memory://"
+
+
+def health_policy(cfg: Config) -> HealthPolicy:
+    ws = cfg.openai_ws
+    return HealthPolicy(
+        cooldown_initial_s=ws.cooldown_initial_s,
+        cooldown_max_s=ws.cooldown_max_s,
+        failure_threshold=ws.account_failure_threshold,
+        probe_interval_s=ws.account_probe_interval_s,
+    )
+
+
+def _open_store(cfg: Config, metrics: Metrics) -> StateStore:
+    st = cfg.statestore
+    return open_store(
+        st.url,
+        op_timeout_ms=st.op_timeout_ms,
+        response_ttl_s=st.response_ttl_s,
+        cache_max_entries=st.cache_max_entries,
+        key_prefix=st.key_prefix,
+        hooks=StoreMetricsHooks(metrics),
+        pool_max_connections=st.pool_max_connections,
     )
 
 
@@ -91,9 +119,6 @@ class GatewayContext:
         )
         self.directory = ClientDirectory(cfg.clients)
         self.accounts: dict[str, Account] = {a.id: a for a in cfg.accounts}
-        self.groups: dict[str, list[Account]] = defaultdict(list)
-        for account in cfg.accounts:
-            self.groups[account.group].append(account)
         self.http = HttpClients(
             connect_timeout=cfg.openai_ws.dial_timeout_s,
             read_timeout=cfg.openai_ws.read_timeout_s,
@@ -111,30 +136,13 @@ class GatewayContext:
             pool_config_for(cfg),
             per_account={a.id: pool_config_for(cfg, a) for a in cfg.accounts},
         )
-        st = cfg.statestore
-        self.store: StateStore = open_store(
-            st.url,
-            op_timeout_ms=st.op_timeout_ms,
-            response_ttl_s=st.response_ttl_s,
-            cache_max_entries=st.cache_max_entries,
-            key_prefix=st.key_prefix,
-            hooks=StoreMetricsHooks(self.metrics),
-            pool_max_connections=st.pool_max_connections,
-        )
+        self.store: StateStore = _open_store(cfg, self.metrics)
         self.registry = SessionRegistry()
         self.transcripts = TranscriptBudget(cfg.openai_ws.transcript_max_bytes_total)
-        # Durable transcripts only make sense where another instance can read them.
-        durable = st.durable_transcripts
-        self.durable_transcripts = durable if durable is not None else st.url != "memory://"
-        ws = cfg.openai_ws
+        self.durable_transcripts = durable_transcripts_on(cfg)
         self.scheduler = Scheduler(
             self.accounts,
-            policy=HealthPolicy(
-                cooldown_initial_s=ws.cooldown_initial_s,
-                cooldown_max_s=ws.cooldown_max_s,
-                failure_threshold=ws.account_failure_threshold,
-                probe_interval_s=ws.account_probe_interval_s,
-            ),
+            policy=health_policy(cfg),
             clock=time.monotonic,
             on_change=self._account_state_changed,
         )
@@ -210,7 +218,7 @@ class GatewayContext:
             return "global_disabled"
         if ws.mode == "off":
             return "mode_off"
-        reasons = [resolve(a, ws) for a in self.groups.get(group, [])]
+        reasons = [resolve(a, ws) for a in self.scheduler.group(group)]
         if not reasons:
             return "no_account_in_group"
         if any(r.transport == "ws" for r in reasons):

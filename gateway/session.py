@@ -1,4 +1,4 @@
-"""One client WebSocket: the read loop and the one-turn-in-flight rule (R-01, R-03, R-06).
+"""One client WebSocket: the read loop and the one-turn-in-flight rule.
 
 The loop reads client frames; a ``response.create`` starts a turn task. Frames that
 arrive while a turn is in flight are answered without disturbing it. When the client
@@ -126,7 +126,7 @@ class ClientSession:
         finally:
             self.sink.gone = True
             if self.turn_task is not None:
-                # R-03: the client left mid-turn; let the turn drain to its terminal event.
+                # The client left mid-turn; let the turn drain to its terminal event.
                 with contextlib.suppress(Exception):
                     await self.turn_task
             await self.forwarder.aclose()

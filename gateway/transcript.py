@@ -1,4 +1,4 @@
-"""Per-client-socket transcript (R-28): the full input so far plus the last output.
+"""Per-client-socket transcript: the full input so far plus the last output.
 
 With it an incremental request (``previous_response_id`` + delta) can always be
 expanded into a full one: for HTTP fallback (no socket state there) and for recovery

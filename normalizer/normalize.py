@@ -330,8 +330,8 @@ def expand_to_full(request: RequestSnapshot, transcript: Sequence[Item]) -> Requ
 
 
 def to_http_body(request: RequestSnapshot) -> bytes:
-    """The request as a POST /v1/responses body: no type, generate or previous_response_id; streamed."""
-    body = request.without_fields("type", "generate", "previous_response_id", "stream").with_field(
-        "stream", b"true"
-    )
+    """The request as a streamed POST /v1/responses body: no ``type`` or ``generate``.
+    A ``previous_response_id`` left on the request is kept: over HTTP the upstream
+    continues a stored response by id (an expanded request has none)."""
+    body = request.without_fields("type", "generate", "stream").with_field("stream", b"true")
     return encode_request(body)

@@ -247,6 +247,11 @@ class RedisStore:
     async def lookup(
         self, group: str, *, response_id: str | None, session_key: str | None
     ) -> Continuation:
+        """What a turn needs about its previous response and session, in one round trip.
+
+        Long because the cache check, the one pipeline, the degraded answer, the backfill
+        and the unsynced-session override must read as one sequence to be checked.
+        """
         local = self.local
         record: ResponseRecord | None = None
         conn: str | None = None

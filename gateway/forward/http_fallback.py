@@ -1,4 +1,4 @@
-"""HTTP fallback (R-22): the same request over POST /v1/responses, SSE relayed as WS frames.
+"""HTTP fallback: the same request over POST /v1/responses, SSE relayed as WS frames.
 
 The client cannot tell: each SSE ``data:`` payload is exactly the event JSON the
 WebSocket transport would have sent.
@@ -84,37 +84,7 @@ async def run_http_turn(
                 if tracker.done:
                     break
     except HttpUpstreamError as exc:
-        try:
-            parsed = msgspec.json.decode(exc.body, type=_UpstreamErrorBody).error
-        except (msgspec.MsgspecError, RecursionError):
-            parsed = None
-        code = parsed.code if parsed and parsed.code else None
-        if is_account_error(exc.status, code):
-            # The upstream's words may quote the account key: they go to the log only.
-            log.warning(
-                "upstream refused the account over HTTP",
-                extra={
-                    "event": "upstream_account_error",
-                    "account": account.id,
-                    "status": exc.status,
-                },
-            )
-            raise HttpTurnFailed(
-                502,
-                "upstream_account_error",
-                account_error_message(account.id, exc.status, code),
-            ) from None
-        message = (
-            parsed.message
-            if parsed and parsed.message
-            else exc.body[:300].decode("utf-8", "replace")
-        )
-        raise HttpTurnFailed(
-            exc.status,
-            code or f"upstream_http_{exc.status}",
-            message,
-            parsed.type if parsed else "upstream_error",
-        ) from None
+        raise _refused(exc, account) from None
     except httpx.HTTPError as exc:
         log.warning(
             "HTTP upstream transport failed",
@@ -137,8 +107,30 @@ async def run_http_turn(
     return tracker
 
 
+def _refused(exc: HttpUpstreamError, account: Account) -> HttpTurnFailed:
+    """The client's error for an upstream refusal; an account error never quotes the
+    upstream (its words may carry the key): those go to the log only."""
+    try:
+        parsed = msgspec.json.decode(exc.body, type=_UpstreamErrorBody).error
+    except (msgspec.MsgspecError, RecursionError):
+        parsed = None
+    code = parsed.code if parsed and parsed.code else None
+    if is_account_error(exc.status, code):
+        log.warning(
+            "upstream refused the account over HTTP",
+            extra={"event": "upstream_account_error", "account": account.id, "status": exc.status},
+        )
+        message = account_error_message(account.id, exc.status, code)
+        return HttpTurnFailed(502, "upstream_account_error", message)
+    message = (
+        parsed.message if parsed and parsed.message else exc.body[:300].decode("utf-8", "replace")
+    )
+    error_type = parsed.type if parsed else "upstream_error"
+    return HttpTurnFailed(exc.status, code or f"upstream_http_{exc.status}", message, error_type)
+
+
 async def synthesize_warmup(request: RequestSnapshot, sink: ClientSink) -> TurnTracker:
-    """R-04: answer ``generate: false`` locally when the upstream is HTTP-only."""
+    """Answer ``generate: false`` (a warm-up) locally when the upstream is HTTP-only."""
     response_id = f"resp_gw{secrets.token_hex(12)}"
     created_at = int(time.time())
     base: dict[str, object] = {

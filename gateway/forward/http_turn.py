@@ -10,7 +10,6 @@ way (terminal event, response id, pending calls) so the turn can be bound.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
@@ -30,7 +29,6 @@ from gateway.context import GatewayContext
 from gateway.events import (
     ErrorBody,
     account_error_message,
-    error_json,
     is_account_error,
     transport_error_message,
 )
@@ -38,6 +36,7 @@ from gateway.forward.attempt import AttemptFailed
 from gateway.forward.continuation import Continuation, SocketState, resolve_continuation
 from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import http_headers
+from gateway.forward.http_replies import json_error, rate_limited_response
 from gateway.forward.sse import SseScanner
 from gateway.logs import log_turn
 from gateway.recovery import (
@@ -65,33 +64,9 @@ class _ErrorEnvelope(msgspec.Struct):
     error: ErrorBody | None = None
 
 
-def json_error(
-    status: int,
-    code: str,
-    message: str,
-    error_type: str,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
-    return Response(
-        error_json(status, code, message, error_type),
-        status_code=status,
-        media_type="application/json",
-        headers=dict(headers or {}),
-    )
-
-
 def http_body(request: RequestSnapshot) -> bytes:
     """What goes upstream: the request without the WebSocket-only fields."""
     return encode_request(request.without_fields("type", "generate"))
-
-
-@dataclasses.dataclass(slots=True)
-class _Failed:
-    """An upstream answer the client may get as it is (status, body, headers)."""
-
-    status: int
-    body: bytes
-    content_type: str
 
 
 class HttpTurn:
@@ -205,60 +180,74 @@ class HttpTurn:
             except AttemptFailed as failed:
                 ctx.scheduler.end(account.id)
                 self._note_health(account, failed)
-                owner = self._search_owner(account, attempts, failed)
-                if owner is not None:
-                    account = owner
-                    continue
                 if first_failure_at is None:
                     first_failure_at = time.monotonic()
-                other = self._other_account(account, attempts, request)
-                action = next_action(
-                    failed.failure,
-                    attempts,
-                    self.policy,
-                    elapsed_s=time.monotonic() - first_failure_at,
-                    next_backoff_s=self.policy.backoff(attempts.retries + 1, self.rng),
-                    can_align=False,
-                    has_transcript=False,
-                    recovery_enabled=ctx.cfg.openai_ws.recovery_enabled,
-                    can_failover=other is not None,
-                )
-                attempts.tried.add(action)
-                log.info(
-                    "http turn attempt failed",
-                    extra={
-                        "event": "turn_attempt_failed",
-                        "failure": failed.failure.value,
-                        "action": action.value,
-                        "account_id": account.id,
-                        "attempt": attempts.attempts,
-                        "detail": failed.detail[:160],
-                    },
-                )
-                if action is Action.RETRY:
-                    attempts.retries += 1
-                    self.facts.retries = attempts.retries
-                    ctx.metrics.retry_attempts.labels(failed.failure.value).inc()
-                    await asyncio.sleep(self.policy.backoff(attempts.retries, self.rng))
-                    continue
-                if action is Action.FAILOVER and other is not None:
-                    attempts.accounts.add(account.id)
-                    self.facts.failovers += 1
-                    ctx.metrics.failovers.labels(failed.failure.value).inc()
-                    account = other
-                    continue
-                if action in (Action.DROP_ORPHAN_OUTPUT, Action.ABORT_MISSING_OUTPUT):
-                    repaired = repair_pairing(request, failed.error) if failed.error else None
-                    if repaired is not None:
-                        attempts.repairs += 1
-                        self.facts.recovery = action.value
-                        ctx.metrics.recoveries.labels(action.value, "attempted").inc()
-                        request = repaired
-                        continue
-                return self._give_up(failed, attempts, account)
+                elapsed = time.monotonic() - first_failure_at
+                step = await self._recover(failed, attempts, account, request, elapsed)
+                if isinstance(step, Response):
+                    return step
+                account, request = step
+                continue
             ctx.scheduler.end(account.id)
             ctx.scheduler.succeeded(account.id)
             return upstream
+
+    async def _recover(
+        self,
+        failed: AttemptFailed,
+        attempts: TurnAttempts,
+        account: Account,
+        request: RequestSnapshot,
+        elapsed_s: float,
+    ) -> tuple[Account, RequestSnapshot] | Response:
+        """Where the next attempt goes and what it sends, or the client's answer."""
+        ctx = self.ctx
+        owner = self._search_owner(account, attempts, failed)
+        if owner is not None:
+            return owner, request
+        other = self._other_account(account, attempts, request)
+        action = next_action(
+            failed.failure,
+            attempts,
+            self.policy,
+            elapsed_s=elapsed_s,
+            next_backoff_s=self.policy.backoff(attempts.retries + 1, self.rng),
+            can_align=False,
+            has_transcript=False,
+            recovery_enabled=ctx.cfg.openai_ws.recovery_enabled,
+            can_failover=other is not None,
+        )
+        attempts.tried.add(action)
+        log.info(
+            "http turn attempt failed",
+            extra={
+                "event": "turn_attempt_failed",
+                "failure": failed.failure.value,
+                "action": action.value,
+                "account_id": account.id,
+                "attempt": attempts.attempts,
+                "detail": failed.detail[:160],
+            },
+        )
+        if action is Action.RETRY:
+            attempts.retries += 1
+            self.facts.retries = attempts.retries
+            ctx.metrics.retry_attempts.labels(failed.failure.value).inc()
+            await asyncio.sleep(self.policy.backoff(attempts.retries, self.rng))
+            return account, request
+        if action is Action.FAILOVER and other is not None:
+            attempts.accounts.add(account.id)
+            self.facts.failovers += 1
+            ctx.metrics.failovers.labels(failed.failure.value).inc()
+            return other, request
+        if action in (Action.DROP_ORPHAN_OUTPUT, Action.ABORT_MISSING_OUTPUT):
+            repaired = repair_pairing(request, failed.error) if failed.error else None
+            if repaired is not None:
+                attempts.repairs += 1
+                self.facts.recovery = action.value
+                ctx.metrics.recoveries.labels(action.value, "attempted").inc()
+                return account, repaired
+        return self._give_up(failed, attempts, account)
 
     def _search_owner(
         self, account: Account, attempts: TurnAttempts, failed: AttemptFailed
@@ -353,16 +342,7 @@ class HttpTurn:
         return self._finish_refused(exhausted, Outcome.RETRY_EXHAUSTED)
 
     def _rate_limited_or_none(self) -> Response:
-        scheduler = self.ctx.scheduler
-        if not scheduler.group(self.group):
-            message = "no upstream account for this key's group"
-            return json_error(503, "no_account", message, "server_error")
-        earliest = scheduler.earliest_available(self.group)
-        wait = max(1, round(earliest - scheduler.clock())) if earliest is not None else 1
-        message = f"All upstream accounts are rate-limited; retry after {wait} s."
-        return json_error(
-            429, "rate_limit_exceeded", message, "rate_limit_error", {"retry-after": str(wait)}
-        )
+        return rate_limited_response(self.ctx.scheduler, self.group)
 
     async def _relay(self, upstream: httpx.Response) -> AsyncIterator[bytes]:
         scanner = SseScanner()

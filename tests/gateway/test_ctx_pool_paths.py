@@ -177,6 +177,8 @@ async def test_a_stored_continuation_unknown_here_is_still_sent_over_http(
     await rig.forwarder().run_turn(frame, rig.sink)
     assert types(rig.client.turn())[-1] == "response.completed"
     assert len(rig.posted) == 1 and "again" in json.dumps(rig.posted[0]["input"])
+    # The upstream continues the stored response by id: the id goes with the POST.
+    assert rig.posted[0]["previous_response_id"] == "resp_stored"
 
 
 async def test_an_http_upstream_error_is_one_error_event(rig_factory: Callable[..., Rig]) -> None:

@@ -550,6 +550,9 @@ def test_expand_to_full_and_http_body() -> None:
     body = json.loads(to_http_body(full))
     assert "type" not in body and "generate" not in body and "previous_response_id" not in body
     assert body["stream"] is True
+    # A stored response continued by id keeps its id over HTTP.
+    by_id = json.loads(to_http_body(request))
+    assert by_id["previous_response_id"] == "r1" and "generate" not in by_id
 
 
 def test_string_input_survives_and_is_expandable() -> None:
