@@ -118,6 +118,7 @@ class OpenAIWSConfig(_Section):
     cooldown_max_s: PositiveFloat = 300.0
     account_failure_threshold: PositiveInt = 5
     account_probe_interval_s: PositiveFloat = 10.0
+    account_sync_interval_s: PositiveFloat = 1.0
     recovery_enabled: bool = True
     transcript_max_bytes_per_socket: PositiveInt = 64 * MIB
     transcript_max_bytes_total: PositiveInt = 2048 * MIB

@@ -14,6 +14,7 @@ from collections import defaultdict
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from gateway.account_sync import CooldownSync
 from gateway.accounts import AccountState, HealthPolicy, Scheduler
 from gateway.auth import ClientDirectory
 from gateway.config import Account, Config
@@ -136,6 +137,13 @@ class GatewayContext:
             on_change=self._account_state_changed,
         )
         self.active = self.scheduler.active  # account -> turns/sockets in use
+        # Cooldowns are shared only when the store is (a memory:// store is this process).
+        self.cooldown_sync: CooldownSync | None = None
+        if self.store.url_scheme != "memory":
+            self.cooldown_sync = CooldownSync(
+                self.scheduler, self.store, interval_s=ws.account_sync_interval_s
+            )
+            self.scheduler.on_rate_limited = self.cooldown_sync.publish
         self._cooldown_until: dict[str, float] = {}
         # Which response each upstream socket holds in its connection-local cache: with
         # store:false only that one can be continued on that socket. Keyed weakly by the
@@ -233,8 +241,12 @@ class GatewayContext:
 
     async def start(self) -> None:
         self.pools.start()
+        if self.cooldown_sync is not None:
+            self.cooldown_sync.start()
 
     async def aclose(self) -> None:
+        if self.cooldown_sync is not None:
+            await self.cooldown_sync.aclose()
         await self.pools.aclose()
         await self.http.aclose()
         await self.store.aclose()
