@@ -58,6 +58,9 @@ class ServerConfig(_Section):
     max_pending_handshakes: PositiveInt = 2048
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MIB)] = 64 * 1024
     max_sockets_per_client_key: PositiveInt = 4096
+    # Key for the read-only operator endpoints (/admin/...); empty: they do not exist.
+    admin_key: str = ""
+    admin_key_env: str = ""
 
 
 class ClientKey(_Section):
@@ -252,6 +255,10 @@ def _validate(cfg: Config, env: dict[str, str]) -> Config:
         server = msgspec.structs.replace(server, instance_id=socket.gethostname())
     if any(c in server.instance_id for c in ": "):
         raise ConfigError("server.instance_id: must not contain ':' or spaces")
+    admin_key = _resolve_secret(server.admin_key, server.admin_key_env, "server.admin_key", env)
+    if admin_key and any(c.key == admin_key for c in clients):
+        raise ConfigError("server.admin_key: must differ from every client key")
+    server = msgspec.structs.replace(server, admin_key=admin_key, admin_key_env="")
     return msgspec.structs.replace(
         cfg, clients=clients, accounts=accounts, server=server, statestore=store
     )
