@@ -42,6 +42,7 @@ class CooldownSync:
             self._groups.setdefault(account.group, []).append(account.id)
         self._publishing: set[asyncio.Task[bool]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     # -- this instance saw a refusal ------------------------------------------------------
     def publish(self, account_id: str, until: float) -> None:
@@ -79,7 +80,9 @@ class CooldownSync:
         return found
 
     async def run(self) -> None:
-        while True:
+        # The flag as well as the cancel: a cancel that lands inside a Redis client call
+        # can be turned into an ordinary error there, and the loop must still end.
+        while not self._closing:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.sync_once()
@@ -91,6 +94,7 @@ class CooldownSync:
             self._loop_task = asyncio.get_running_loop().create_task(self.run())
 
     async def aclose(self) -> None:
+        self._closing = True
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -44,8 +45,10 @@ async def two(
     redis_server: RedisServer, key_prefix: str
 ) -> AsyncIterator[tuple[Instance, Instance, FakeClock]]:
     wall = FakeClock(1_700_000_000.0)
-    one = Instance(open_store(redis_server.url, key_prefix=key_prefix), wall, 100.0)
-    two = Instance(open_store(redis_server.url, key_prefix=key_prefix), wall, 5000.0)
+    # Generous deadlines: these tests are about what is learned, not about slow Redis.
+    opts: dict[str, Any] = {"key_prefix": key_prefix, "op_timeout_ms": 3000}
+    one = Instance(open_store(redis_server.url, **opts), wall, 100.0)
+    two = Instance(open_store(redis_server.url, **opts), wall, 5000.0)
     yield one, two, wall
     for each in (one, two):
         await each.sync.aclose()

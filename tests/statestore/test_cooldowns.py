@@ -28,8 +28,8 @@ async def test_memory_cooldown_expires_with_its_ttl() -> None:
 async def test_a_cooldown_published_on_one_instance_is_read_on_another(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
-    one = open_store(redis_server.url, key_prefix=key_prefix)
-    two = open_store(redis_server.url, key_prefix=key_prefix)
+    one = open_store(redis_server.url, key_prefix=key_prefix, op_timeout_ms=3000)
+    two = open_store(redis_server.url, key_prefix=key_prefix, op_timeout_ms=3000)
     raw = aioredis.Redis.from_url(redis_server.url)
     try:
         assert await one.publish_cooldown("g", "acct-a", 1_700_000_030.25, 30.0)
@@ -63,7 +63,7 @@ def test_every_account_of_a_group_shares_one_cluster_slot() -> None:
 async def test_an_expired_cooldown_is_not_published(
     redis_server: RedisServer, key_prefix: str, ttl_s: float
 ) -> None:
-    store = open_store(redis_server.url, key_prefix=key_prefix)
+    store = open_store(redis_server.url, key_prefix=key_prefix, op_timeout_ms=3000)
     try:
         assert await store.publish_cooldown("g", "acct-a", 1_700_000_000.0, ttl_s)
         assert await store.read_cooldowns("g", ["acct-a"]) == {}
