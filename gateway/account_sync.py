@@ -71,6 +71,8 @@ class CooldownSync:
         """Read every published deadline and apply it; returns the accounts found cooling."""
         found: list[str] = []
         for group, account_ids in self._groups.items():
+            if self._closing:
+                break
             deadlines = await self.store.read_cooldowns(group, account_ids)
             now_mono, now_wall = self._monotonic(), self._wall()
             for account_id, until_epoch in deadlines.items():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import pytest
 
@@ -104,3 +104,33 @@ def test_publishing_without_an_event_loop_does_nothing() -> None:
     sched.rate_limited("a", 2.0)  # a synchronous caller: nothing scheduled, nothing raised
     assert sched.state("a") is AccountState.COOLING
     assert asyncio.run(store.read_cooldowns("g", ["a"])) == {}
+
+
+class SwallowsCancel:
+    """A store whose read, like a Redis client call, may swallow the task's cancel."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+        self.reads = 0
+
+    async def read_cooldowns(self, group: str, account_ids: Sequence[str]) -> dict[str, float]:
+        self.reads += 1
+        self.reading.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass
+        return {}
+
+
+async def test_closing_ends_the_loop_even_when_the_store_swallows_the_cancel() -> None:
+    store = SwallowsCancel()
+    sched = Scheduler(ACCOUNTS, clock=FakeClock(), rng=random.Random(1))
+    sync = CooldownSync(
+        sched, cast(StateStore, store), interval_s=0.001, monotonic=FakeClock(), wall=FakeClock()
+    )
+    sync.start()
+    await asyncio.wait_for(store.reading.wait(), timeout=5)
+    reads = store.reads
+    await asyncio.wait_for(sync.aclose(), timeout=5)
+    assert store.reads == reads  # no read after the close
