@@ -82,8 +82,8 @@ class CooldownSync:
         return found
 
     async def run(self) -> None:
-        # The flag as well as the cancel: a cancel that lands inside a Redis client call
-        # can be turned into an ordinary error there, and the loop must still end.
+        # The flag as well as the cancel: the Redis client can swallow a cancel that lands
+        # inside a call (the call just returns), and the loop must still end.
         while not self._closing:
             await asyncio.sleep(self.interval_s)
             try:
