@@ -109,6 +109,9 @@ class Scheduler:
     clock: Callable[[], float] = field(default=lambda: 0.0)
     rng: random.Random = field(default_factory=random.Random)
     on_change: Callable[[str, AccountState], None] | None = None
+    # The account was rate-limited here, with its deadline (this clock): other instances
+    # should hear of it. Not called for what another instance told us (``cool_until``).
+    on_rate_limited: Callable[[str, float], None] | None = None
     active: dict[str, int] = field(default_factory=dict)
     _health: dict[str, _Health] = field(default_factory=dict)
     _groups: dict[str, list[Account]] = field(default_factory=dict)
@@ -206,6 +209,8 @@ class Scheduler:
         wait_s = min(max(0.0, wait_s), self.policy.cooldown_max_s)
         health.until = max(health.until, self.clock() + wait_s)
         self._set(account_id, health, AccountState.COOLING)
+        if self.on_rate_limited is not None:
+            self.on_rate_limited(account_id, health.until)
         return health.until
 
     def cool_until(self, account_id: str, until: float) -> None:

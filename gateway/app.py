@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from gateway.admin import admin_accounts
 from gateway.auth import ClientIdentity
 from gateway.config import Config, load_config
 from gateway.context import GatewayContext
@@ -260,6 +261,9 @@ class Gateway:
         }
         return JSONResponse(body, headers={"x-gateway-instance": ctx.instance_id})
 
+    async def admin_accounts(self, request: Request) -> Response:
+        return await admin_accounts(self.ctx, request)
+
     async def metrics(self, request: Request) -> Response:
         self.ctx.refresh_gauges()
         body, content_type = self.ctx.metrics.render_exposition(request.headers.get("accept"))
@@ -337,6 +341,7 @@ def build_app(
     routes += [
         Route("/healthz", gateway.healthz),
         Route("/readyz", gateway.readyz),
+        Route("/admin/accounts", gateway.admin_accounts),
     ]
     if cfg.telemetry.metrics_enabled:
         routes.append(Route("/metrics", gateway.metrics))

@@ -58,6 +58,9 @@ class ServerConfig(_Section):
     max_pending_handshakes: PositiveInt = 2048
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=MIB)] = 64 * 1024
     max_sockets_per_client_key: PositiveInt = 4096
+    # Key for the read-only operator endpoints (/admin/...); empty: they do not exist.
+    admin_key: str = ""
+    admin_key_env: str = ""
 
 
 class ClientKey(_Section):
@@ -118,6 +121,7 @@ class OpenAIWSConfig(_Section):
     cooldown_max_s: PositiveFloat = 300.0
     account_failure_threshold: PositiveInt = 5
     account_probe_interval_s: PositiveFloat = 10.0
+    account_sync_interval_s: PositiveFloat = 1.0
     recovery_enabled: bool = True
     transcript_max_bytes_per_socket: PositiveInt = 64 * MIB
     transcript_max_bytes_total: PositiveInt = 2048 * MIB
@@ -254,6 +258,10 @@ def _validate(cfg: Config, env: dict[str, str]) -> Config:
         server = msgspec.structs.replace(server, instance_id=socket.gethostname())
     if any(c in server.instance_id for c in ": "):
         raise ConfigError("server.instance_id: must not contain ':' or spaces")
+    admin_key = _resolve_secret(server.admin_key, server.admin_key_env, "server.admin_key", env)
+    if admin_key and any(c.key == admin_key for c in clients):
+        raise ConfigError("server.admin_key: must differ from every client key")
+    server = msgspec.structs.replace(server, admin_key=admin_key, admin_key_env="")
     return msgspec.structs.replace(
         cfg, clients=clients, accounts=accounts, server=server, statestore=store
     )

@@ -13,6 +13,7 @@ import weakref
 import httpx
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from gateway.account_sync import CooldownSync
 from gateway.accounts import AccountState, HealthPolicy, Scheduler
 from gateway.auth import ClientDirectory
 from gateway.config import Account, Config
@@ -147,12 +148,23 @@ class GatewayContext:
             on_change=self._account_state_changed,
         )
         self.active = self.scheduler.active  # account -> turns/sockets in use
+        self.cooldown_sync = self._cooldown_sync(cfg)
         self._cooldown_until: dict[str, float] = {}
         # Which response each upstream socket holds in its connection-local cache: with
         # store:false only that one can be continued on that socket. Keyed weakly by the
         # socket object, so an entry goes away with the socket the pool dropped.
         self._conn_holds: weakref.WeakKeyDictionary[object, str] = weakref.WeakKeyDictionary()
         self.draining = False
+
+    def _cooldown_sync(self, cfg: Config) -> CooldownSync | None:
+        """Cooldowns are shared only when the store is (a memory:// store is this process)."""
+        if self.store.url_scheme == "memory":
+            return None
+        sync = CooldownSync(
+            self.scheduler, self.store, interval_s=cfg.openai_ws.account_sync_interval_s
+        )
+        self.scheduler.on_rate_limited = sync.publish
+        return sync
 
     def _account_state_changed(self, account_id: str, state: AccountState) -> None:
         gauge = self.metrics.account_state
@@ -244,8 +256,12 @@ class GatewayContext:
 
     async def start(self) -> None:
         self.pools.start()
+        if self.cooldown_sync is not None:
+            self.cooldown_sync.start()
 
     async def aclose(self) -> None:
+        if self.cooldown_sync is not None:
+            await self.cooldown_sync.aclose()
         await self.pools.aclose()
         await self.http.aclose()
         await self.store.aclose()

@@ -3,6 +3,7 @@ picked from the URL scheme by ``statestore.open``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import msgspec
@@ -101,6 +102,18 @@ class StateStore(Protocol):
     ) -> list[TranscriptDelta] | None: ...
 
     async def forget_response(self, group: str, response_id: str) -> None: ...
+
+    async def publish_cooldown(
+        self, group: str, account_id: str, until_epoch_s: float, ttl_s: float
+    ) -> bool:
+        """Tell every instance the account is rate-limited until ``until_epoch_s`` (wall
+        clock); the record lives ``ttl_s``. False when the shared backend did not take it."""
+        ...
+
+    async def read_cooldowns(self, group: str, account_ids: Sequence[str]) -> dict[str, float]:
+        """The published deadlines (wall-clock epoch seconds) of those accounts that have
+        one, in one round trip. On a backend failure: what this process knows."""
+        ...
 
     async def ping(self) -> bool: ...
 

@@ -2,9 +2,10 @@
 
 ``<prefix>:{r:<group>:<response_id>}:acct`` / ``:pend`` / ``:stored`` (only for a
 response the upstream stored) and
-``<prefix>:{s:<group>:<session>}:last`` / ``:ts``. The ``{hash-tag}`` puts every key of
-one response (or of one session) in one Redis Cluster slot, so each group of keys can be
-read with one MGET. Group, response id and session key are escaped so a ``:`` can't
+``<prefix>:{s:<group>:<session>}:last`` / ``:ts`` and, for an account's published
+cooldown deadline, ``<prefix>:{acct:<group>}:<account>:until``. The ``{hash-tag}`` puts
+every key of one response (or of one session, or every account of one group) in one Redis
+Cluster slot, so each group of keys can be read with one MGET. Group, response id and session key are escaped so a ``:`` can't
 make two tenants' keys collide and a ``}`` can't end the hash tag early.
 """
 
@@ -49,3 +50,7 @@ class RedisKeys:
         """(last-response key, turn-state key)."""
         base = self.session_base(group, session_key)
         return base + ":last", base + ":ts"
+
+    def account_until(self, group: str, account_id: str) -> str:
+        """An account's cooldown deadline; every account of a group shares one slot."""
+        return f"{self.prefix}:{{acct:{escape_part(group)}}}:{escape_part(account_id)}:until"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -22,7 +22,7 @@ class LocalState:
     """The continuation mappings, each a bounded TTL'd LRU on one clock. Keys carry the group
     (tenant isolation); the conn map is keyed by response id alone (it is per process)."""
 
-    __slots__ = ("conn", "last", "responses", "ttl_s", "turn_state")
+    __slots__ = ("conn", "cooldowns", "last", "responses", "ttl_s", "turn_state")
 
     def __init__(self, max_entries: int, ttl_s: float, clock: Callable[[], float]) -> None:
         self.ttl_s = ttl_s
@@ -30,6 +30,8 @@ class LocalState:
         self.last = TTLCache[tuple[str, str], str](max_entries, clock)
         self.turn_state = TTLCache[tuple[str, str], str](max_entries, clock)
         self.conn = TTLCache[str, str](max_entries, clock)
+        # (group, account) -> cooldown deadline in wall-clock epoch seconds
+        self.cooldowns = TTLCache[tuple[str, str], float](max_entries, clock)
 
     def bind(self, b: TurnBinding) -> None:
         ttl = self.ttl_s
@@ -56,3 +58,11 @@ class LocalState:
     def forget(self, group: str, response_id: str) -> None:
         self.responses.delete((group, response_id))
         self.conn.delete(response_id)
+
+    def cooldowns_of(self, group: str, account_ids: Sequence[str]) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for account_id in account_ids:
+            until = self.cooldowns.get((group, account_id))
+            if until is not None:
+                found[account_id] = until
+        return found

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from statestore.base import BindOutcome, Continuation, NoHooks, StoreHooks, TurnBinding
 from statestore.local import LocalState
@@ -97,6 +97,16 @@ class MemoryStore:
 
     async def forget_response(self, group: str, response_id: str) -> None:
         self.local.forget(group, response_id)
+
+    async def publish_cooldown(
+        self, group: str, account_id: str, until_epoch_s: float, ttl_s: float
+    ) -> bool:
+        if ttl_s > 0:  # else already over: nothing to record
+            self.local.cooldowns.set((group, account_id), until_epoch_s, ttl_s)
+        return True
+
+    async def read_cooldowns(self, group: str, account_ids: Sequence[str]) -> dict[str, float]:
+        return self.local.cooldowns_of(group, account_ids)
 
     async def ping(self) -> bool:
         return True

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -243,7 +244,42 @@ class RedisStore:
         keys = (*self.keys.response(group, response_id), self.keys.stored(group, response_id))
         await self._run("forget", lambda: self.client.delete(*keys))
 
+    async def publish_cooldown(
+        self, group: str, account_id: str, until_epoch_s: float, ttl_s: float
+    ) -> bool:
+        if ttl_s <= 0:
+            return True  # already over: nothing to tell anyone
+        self.local.cooldowns.set((group, account_id), until_epoch_s, ttl_s)
+        key = self.keys.account_until(group, account_id)
+        ttl_ms = max(1, int(ttl_s * 1000))
+        _, error = await self._run(
+            "cooldown_publish", lambda: self.client.set(key, repr(until_epoch_s), px=ttl_ms)
+        )
+        return error is None
+
     # -- reads -------------------------------------------------------------------------
+    async def read_cooldowns(self, group: str, account_ids: Sequence[str]) -> dict[str, float]:
+        ids = list(account_ids)
+        if not ids:
+            return {}
+        keys = [self.keys.account_until(group, a) for a in ids]  # one slot: one hash tag
+        replies, error = await self._run(
+            "cooldown_read", lambda: self.client.execute_command("MGET", *keys)
+        )
+        if error is not None or replies is None:
+            return self.local.cooldowns_of(group, ids)
+        found: dict[str, float] = {}
+        for account_id, raw in zip(ids, replies, strict=False):
+            if raw is None:
+                continue
+            try:
+                until = float(raw)
+            except ValueError:
+                continue  # not ours to understand: as if absent
+            if math.isfinite(until):
+                found[account_id] = until
+        return found
+
     async def lookup(
         self, group: str, *, response_id: str | None, session_key: str | None
     ) -> Continuation:

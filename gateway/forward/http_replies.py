@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from starlette.responses import Response
@@ -32,7 +33,7 @@ def rate_limited_response(scheduler: Scheduler, group: str) -> Response:
         message = "no upstream account for this key's group"
         return json_error(503, "no_account", message, "server_error")
     earliest = scheduler.earliest_available(group)
-    wait = max(1, round(earliest - scheduler.clock())) if earliest is not None else 1
+    wait = max(1, math.ceil(earliest - scheduler.clock())) if earliest is not None else 1
     message = f"All upstream accounts are rate-limited; retry after {wait} s."
     return json_error(
         429, "rate_limit_exceeded", message, "rate_limit_error", {"retry-after": str(wait)}

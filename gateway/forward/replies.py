@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from gateway.context import GatewayContext
 from gateway.events import error_event
 from gateway.forward.facts import Outcome
@@ -46,7 +48,7 @@ class Replies:
         retry-after, which Codex waits out and retries)."""
         scheduler = self.ctx.scheduler
         earliest = scheduler.earliest_available(self.group)
-        wait = max(1, round(earliest - scheduler.clock())) if earliest is not None else 1
+        wait = max(1, math.ceil(earliest - scheduler.clock())) if earliest is not None else 1
         message = (
             f"All upstream accounts are rate-limited; retry after {wait} s "
             "(the earliest an account frees up)."

@@ -13,6 +13,8 @@ Scenario keys (all optional except ``steps``)::
 
     mode: "gateway" | "direct"          direct = Codex talks to the simulator itself
     gateway_overrides: {section: {k: v}} merged into tests.e2e.harness.gateway_config
+    gateway_accounts: int               upstream accounts of the gateway (default 1: acct-a;
+                                        2 adds acct-b with the simulator key sk-sim-b)
     faults: [rule, ...]                 SimControl.add_fault(**rule) before the first step
     provider: {k: v}                    extra [model_providers.gw] keys for Codex
     steps: [{"kind": "exec" | "resume", "prompt": str,
@@ -230,7 +232,11 @@ def _services(scenario: dict[str, Any], result: dict[str, Any]) -> Iterator[Serv
             cluster = stack.enter_context(run_cluster(sim.base_url, instances=2, accounts=1))
             yield Services(f"{cluster.nginx_url}/v1", CLIENT_KEY, sim_url, cluster)
             return
-        cfg = gateway_config(sim.base_url, overrides=scenario.get("gateway_overrides") or {})
+        cfg = gateway_config(
+            sim.base_url,
+            accounts=int(scenario.get("gateway_accounts", 1)),
+            overrides=scenario.get("gateway_overrides") or {},
+        )
         gateway = stack.enter_context(run_gateway(cfg))
         stack.callback(lambda: result.__setitem__("gateway_output", gateway.proc.output()))
         yield Services(f"{gateway.http_url}/v1", CLIENT_KEY, sim_url, gateway_url=gateway.http_url)

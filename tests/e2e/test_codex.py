@@ -389,3 +389,38 @@ def test_instance_restarted_while_codex_runs_a_tool_is_invisible(codex_binary: s
     assert "function_call" in item_types(last) and "function_call_output" in item_types(last)
     sockets = {r["conn_id"] for r in requests(result)}
     assert len(sockets) == 2  # the tool output went out on the other instance's socket
+
+
+def test_rate_limited_account_fails_over_without_codex_noticing(codex_binary: str) -> None:
+    """Two accounts; a answers every request after the first real one with an error 429
+    before any event: the tool output moves to b with the whole transcript (store:false,
+    so b gets the call and its output), and Codex sees a normal tool loop."""
+    limited = {
+        "kind": "error_event",
+        "after_events": 0,
+        "status": 429,
+        "code": "rate_limit_exceeded",
+        "message": "Rate limit reached for requests. Please try again in 20s.",
+        "account_key": ch.SIM_ACCOUNT_KEY,
+        "generate": True,
+        "skip": 1,
+        "times": 100,
+    }
+    result = run(
+        codex_binary,
+        gateway_accounts=2,
+        faults=[limited],
+        steps=[{"prompt": f"run it {CALL}"}],
+    )
+    assert "tool said:" in assert_clean_success(result)
+    assert tool_runs(result) == 1, ch.describe(result)
+    call, refused, moved = real(requests(result))
+    assert call["account_key"] == ch.SIM_ACCOUNT_KEY and call["outcome"] == "completed"
+    assert refused["account_key"] == ch.SIM_ACCOUNT_KEY
+    assert refused["outcome"] == "error:rate_limit_exceeded"
+    assert moved["account_key"] == "sk-sim-b" and moved["outcome"] == "completed"
+    assert moved["previous_response_id"] is None  # b never saw the call's response
+    types = item_types(moved)
+    assert types.index("function_call") < types.index("function_call_output")
+    assert "run it" in moved["raw"]  # the user's prompt: the whole transcript
+    assert _metric(result, "gateway_account_failovers_total") == 1, ch.describe(result)

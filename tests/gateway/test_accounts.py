@@ -183,3 +183,13 @@ def test_state_changes_are_reported() -> None:
     clock.now += 1
     sched.state("a")
     assert seen == [("a", AccountState.COOLING), ("a", AccountState.HEALTHY)]
+
+
+def test_a_rate_limit_is_announced_with_its_deadline_but_a_learned_one_is_not() -> None:
+    sched, clock = scheduler()
+    announced: list[tuple[str, float]] = []
+    sched.on_rate_limited = lambda account, until: announced.append((account, until))
+    sched.rate_limited("a0", 2.0)
+    sched.rate_limited("a0", 1.0)  # a shorter wait keeps the later deadline
+    sched.cool_until("a1", clock.now + 7)  # another instance's news: not echoed back
+    assert announced == [("a0", 1002.0), ("a0", 1002.0)]

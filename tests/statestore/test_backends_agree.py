@@ -33,6 +33,7 @@ TTL_S = 10
 GROUPS = st.sampled_from(["g", "h"])
 RESPONSES = st.sampled_from(["r1", "r2", "r3", "r4"])
 SESSIONS = st.sampled_from(["s1", "s2"])
+ACCOUNTS = st.sampled_from(["a", "b", "c"])
 CALLS = st.dictionaries(
     st.sampled_from(["c1", "c2", "c3"]),
     st.sampled_from(["function_call", "custom_tool_call", "local_shell_call"]),
@@ -136,6 +137,21 @@ class BackendsAgree(RuleBasedStateMachine):
     @rule(group=GROUPS, rid=RESPONSES)
     def forget(self, group: str, rid: str) -> None:
         self.both(lambda s: s.forget_response(group, rid))
+
+    @rule(
+        group=GROUPS,
+        account=ACCOUNTS,
+        until=st.integers(min_value=1_700_000_000, max_value=1_700_000_100),
+        ttl=st.integers(min_value=0, max_value=TTL_S),
+    )
+    def publish_cooldown(self, group: str, account: str, until: int, ttl: int) -> None:
+        mem, red = self.both(lambda s: s.publish_cooldown(group, account, until + 0.5, ttl))
+        assert mem == red is True
+
+    @rule(group=GROUPS, accounts=st.lists(ACCOUNTS, max_size=3))
+    def read_cooldowns(self, group: str, accounts: list[str]) -> None:
+        mem, red = self.both(lambda s: s.read_cooldowns(group, accounts))
+        assert mem == red
 
     @rule(seconds=st.integers(min_value=1, max_value=TTL_S + 1))
     def time_passes(self, seconds: int) -> None:
