@@ -2,8 +2,9 @@
 
 Wraps, in this process only, the functions one turn passes through with a timer that
 adds to the turn's record (a context variable set by the turn's entry, so concurrent
-turns do not mix): decode → lookup → acquire → stop_watch → normalize (which includes
-encode, its last step) → upstream write, then relay (first byte → terminal) → watch_idle
+turns do not mix): decode → lookup → pick (account and transport) → acquire →
+stop_watch → normalize (which includes encode, its last step; none when the request goes
+out as the client's bytes) → note (metrics, payload sample) → upstream write, then relay (first byte → terminal) → watch_idle
 → release (the socket goes back at the terminal) → bind.
 ``pre_write`` is the turn's entry to the end of the upstream write: the in-process cost
 before the request leaves. Figures are wall time on one socket (no other turn runs in
@@ -23,10 +24,12 @@ from typing import Any
 STAGES = (
     "decode",
     "lookup",
+    "pick",
     "acquire",
     "stop_watch",
     "normalize",
     "encode",
+    "note",
     "upstream_write",
     "pre_write",
     "relay",
@@ -164,7 +167,7 @@ class StageProbe:
     def _install(self) -> None:
         import prometheus_client.metrics as prom
 
-        from gateway import telemetry, tracing
+        from gateway import accounts, context, telemetry, tracing
         from gateway.forward import attempt, ctx_pool
         from gateway.upstream import connection
         from pool import lease, pool
@@ -192,8 +195,12 @@ class StageProbe:
         normalize_module.encode_request = self._sync(  # type: ignore[assignment]
             normalize_module.encode_request, "encode"
         )
+        accounts.Scheduler.pick = self._sync(accounts.Scheduler.pick, "pick")  # type: ignore[method-assign]
+        gw = context.GatewayContext
+        gw.resolution = self._sync(gw.resolution, "pick")  # type: ignore[method-assign]
         fwd = ctx_pool.CtxPoolForwarder
         run = attempt.WsAttempt
+        run._note = self._sync(run._note, "note")  # type: ignore[method-assign]
         run._relay = self._async(run._relay, "relay")  # type: ignore[method-assign]
         fwd._finish = self._sync(fwd._finish, "bind")  # type: ignore[method-assign]
         pool.AccountPool.acquire = self._async(pool.AccountPool.acquire, "acquire")  # type: ignore[method-assign]
