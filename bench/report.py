@@ -25,10 +25,12 @@ TTFT_ROWS = (("turn-c1", "1 socket"), ("paced-c50", "50 sockets"), ("paced-c200"
 STAGE_LABELS = {
     "decode": "frame → request decoded",
     "lookup": "state lookup",
+    "pick": "account and transport chosen",
     "acquire": "pool acquire",
     "stop_watch": "idle watcher stopped",
     "normalize": "normalize",
-    "encode": "encode",
+    "encode": "encode (- = the client's bytes went out unchanged)",
+    "note": "normalizer decision noted (metrics, payload sample)",
     "upstream_write": "upstream write",
     "pre_write": "**turn entry → upstream write (in-process)**",
     "relay": "relay: first byte → terminal (includes the upstream's own time)",

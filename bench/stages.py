@@ -2,8 +2,10 @@
 
 Wraps, in this process only, the functions one turn passes through with a timer that
 adds to the turn's record (a context variable set by the turn's entry, so concurrent
-turns do not mix): decode → lookup → acquire → stop_watch → normalize → encode →
-upstream write, then relay (first byte → terminal) → bind → watch_idle → release.
+turns do not mix): decode → lookup → pick (account and transport) → acquire →
+stop_watch → normalize (which includes encode, its last step; none when the request goes
+out as the client's bytes) → note (metrics, payload sample) → upstream write, then relay (first byte → terminal) → watch_idle
+→ release (the socket goes back at the terminal) → bind.
 ``pre_write`` is the turn's entry to the end of the upstream write: the in-process cost
 before the request leaves. Figures are wall time on one socket (no other turn runs in
 between); each wrapper reads the clock twice, and ``clock_read_ns`` (measured at start)
@@ -13,6 +15,7 @@ says what one read costs on this machine, included in the figures.
 from __future__ import annotations
 
 import functools
+import importlib
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -21,16 +24,18 @@ from typing import Any
 STAGES = (
     "decode",
     "lookup",
+    "pick",
     "acquire",
     "stop_watch",
     "normalize",
     "encode",
+    "note",
     "upstream_write",
     "pre_write",
     "relay",
-    "bind",
     "watch_idle",
     "release",
+    "bind",
     "turn",
     # not in the sequence above: totals over the whole turn, wherever they happen
     "spans",
@@ -113,18 +118,21 @@ class StageProbe:
     def _counted(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
         """Like _sync, also counting the calls (``<stage>_calls``)."""
         calls = stage + "_calls"
+        inside = "_in_" + stage
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             rec = _record.get()
-            if rec is None:
+            if rec is None or rec.get(inside):  # a wrapped call inside another: once
                 return fn(*args, **kwargs)
+            rec[inside] = True
             started = _now()
             try:
                 return fn(*args, **kwargs)
             finally:
                 rec[stage] = rec.get(stage, 0) + _now() - started
                 rec[calls] = rec.get(calls, 0) + 1000  # medians divide by 1000
+                rec[inside] = False
 
         return wrapper
 
@@ -159,10 +167,12 @@ class StageProbe:
     def _install(self) -> None:
         import prometheus_client.metrics as prom
 
-        from gateway import tracing
-        from gateway.forward import ctx_pool
-        from gateway.upstream import ws
-        from pool import pool
+        from gateway import accounts, context, telemetry, tracing
+        from gateway.forward import attempt, ctx_pool
+        from gateway.upstream import connection
+        from pool import lease, pool
+
+        normalize_module = importlib.import_module("normalizer.normalize")
 
         probe = self
         decode = ctx_pool.decode_request
@@ -178,15 +188,24 @@ class StageProbe:
             return request
 
         ctx_pool.decode_request = decode_request  # type: ignore[assignment]
-        ctx_pool.encode_request = self._sync(ctx_pool.encode_request, "encode")  # type: ignore[assignment]
+        lookup = ctx_pool.resolve_continuation
+        ctx_pool.resolve_continuation = self._async(lookup, "lookup")  # type: ignore[assignment]
+        # normalize encodes the upstream payload once, at its end (``settle``)
+        attempt.normalize = self._sync(attempt.normalize, "normalize")  # type: ignore[assignment]
+        normalize_module.encode_request = self._sync(  # type: ignore[assignment]
+            normalize_module.encode_request, "encode"
+        )
+        accounts.Scheduler.pick = self._sync(accounts.Scheduler.pick, "pick")  # type: ignore[method-assign]
+        gw = context.GatewayContext
+        gw.resolution = self._sync(gw.resolution, "pick")  # type: ignore[method-assign]
         fwd = ctx_pool.CtxPoolForwarder
-        fwd._continuation = self._async(fwd._continuation, "lookup")  # type: ignore[method-assign]
-        fwd._prepare = self._sync(fwd._prepare, "normalize")  # type: ignore[method-assign]
-        fwd._relay = self._async(fwd._relay, "relay")  # type: ignore[method-assign]
-        fwd._finish = self._async(fwd._finish, "bind")  # type: ignore[method-assign]
+        run = attempt.WsAttempt
+        run._note = self._sync(run._note, "note")  # type: ignore[method-assign]
+        run._relay = self._async(run._relay, "relay")  # type: ignore[method-assign]
+        fwd._finish = self._sync(fwd._finish, "bind")  # type: ignore[method-assign]
         pool.AccountPool.acquire = self._async(pool.AccountPool.acquire, "acquire")  # type: ignore[method-assign]
-        pool.Lease.release = self._sync(pool.Lease.release, "release")  # type: ignore[method-assign]
-        conn = ws.UpstreamWS
+        lease.Lease.release = self._sync(lease.Lease.release, "release")  # type: ignore[method-assign]
+        conn = connection.UpstreamWS
         conn.stop_watch = self._async(conn.stop_watch, "stop_watch")  # type: ignore[method-assign]
         conn.send_text = self._async(conn.send_text, "upstream_write", "pre_write")  # type: ignore[method-assign]
         conn.watch_idle = self._sync(conn.watch_idle, "watch_idle")  # type: ignore[method-assign]
@@ -210,10 +229,18 @@ class StageProbe:
         tracer = tracing.Tracing
         tracer.child = self._timed_spans(tracer.child)  # type: ignore[method-assign]
         tracer.turn_span = self._timed_spans(tracer.turn_span)  # type: ignore[method-assign]
+        # Every labels() call, whether prometheus-client answers it or the gateway's cache.
         base = prom.MetricWrapperBase
         base.labels = self._counted(base.labels, "metrics")  # type: ignore[method-assign]
         prom.Counter.inc = self._counted(prom.Counter.inc, "metrics")  # type: ignore[method-assign]
         prom.Histogram.observe = self._counted(prom.Histogram.observe, "metrics")  # type: ignore[method-assign]
+        # getattr: the same probe also times older trees (before/after comparisons)
+        cached = getattr(telemetry, "_LabelCache", None)
+        if cached is not None:
+            cached.labels = self._counted(cached.labels, "metrics")
+        sampled = getattr(telemetry, "SampledHistogram", None)
+        if sampled is not None:
+            sampled.observe = self._counted(sampled.observe, "metrics")
 
 
 def _medians(records: list[dict[str, Any]]) -> dict[str, float | None]:

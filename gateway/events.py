@@ -8,6 +8,7 @@ get a typed decode of the fields the gateway needs.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import msgspec
@@ -116,10 +117,28 @@ def peek_error(frame: str | bytes) -> ErrorEventPeek:
     return _error_decoder.decode(frame)
 
 
+# How far into an output item its top-level ``type`` is looked for without a decode, and
+# the compact shapes trusted there: ``{"type":"...`` or ``{"id":"...","type":"...`` (the
+# upstream's own order). No escapes, so the match is exactly the top-level key.
+_ITEM_HEAD = 160
+_ITEM_HEAD_TYPE = re.compile(rb'\{(?:"id":"[^"\\]*",)?"type":"([^"\\]*)"')
+
+
+def item_type_from_head(raw: msgspec.Raw) -> str | None:
+    """The top-level ``type`` of an output item read from its first bytes; None when its
+    JSON does not start in a trusted shape. A 20 KB message item costs no decode."""
+    match = _ITEM_HEAD_TYPE.match(memoryview(raw)[:_ITEM_HEAD])
+    return None if match is None else match.group(1).decode()
+
+
 def pending_calls(output: list[msgspec.Raw]) -> dict[str, str]:
-    """call_id -> call item type for every tool call in a response's output."""
+    """call_id -> call item type for every tool call in a response's output. Items whose
+    type shows in their first bytes and is not a call are skipped undecoded."""
     calls: dict[str, str] = {}
     for raw in output:
+        head_type = item_type_from_head(raw)
+        if head_type is not None and head_type not in CALL_ITEM_TYPES:
+            continue
         item = _item_decoder.decode(raw)
         # A server-executed tool search was answered upstream: the client owes no output.
         if item.type in CALL_ITEM_TYPES and item.call_id and item.execution != "server":

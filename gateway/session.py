@@ -27,10 +27,14 @@ log = logging.getLogger("gateway.session")
 class ClientSink:
     """Where a turn's events go. After the client left, sends are dropped silently."""
 
-    __slots__ = ("_send", "closed_code", "gone")
+    __slots__ = ("_close_send", "_send", "closed_code", "gone")
 
     def __init__(self, websocket: WebSocket) -> None:
-        self._send = websocket.send
+        # Events go straight to the server's ASGI send: the socket is accepted before a
+        # sink exists, and Starlette's per-message state check costs an extra coroutine
+        # per event. Its only effect here, a failed write raising, is what ``send`` catches.
+        self._send = websocket._send
+        self._close_send = websocket.send  # closing keeps Starlette's state in step
         self.gone = False
         self.closed_code: int | None = None
 
@@ -54,7 +58,9 @@ class ClientSink:
         self.gone = True
         self.closed_code = code
         with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason[:120]})
+            await self._close_send(
+                {"type": "websocket.close", "code": code, "reason": reason[:120]}
+            )
 
 
 class Forwarder(Protocol):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 from collections.abc import Iterable, Sequence
 from importlib import metadata
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +27,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -84,8 +87,70 @@ FALLBACK_REASONS = (
     *(f.value for f in Failure),
 )
 RETRY_REASONS = tuple(f.value for f in Failure)
-STORE_OPS = ("bind", "forget", "lookup", "ping")
+STORE_OPS = (
+    "bind",
+    "forget",
+    "lookup",
+    "ping",
+    "load_transcript",
+    "cooldown_publish",
+    "cooldown_read",
+)
 POOL_STATES = ("idle", "leased")
+
+
+# One relayed event in this many lands in the added-latency histogram: observing every
+# event cost more than a microsecond per event (a lock per bucket and sum update).
+ADDED_LATENCY_SAMPLE_EVERY = 8
+
+
+class _LabelCache(MetricWrapperBase):
+    """``labels()`` answered from a dict once a label set has been seen.
+
+    prometheus-client validates, stringifies and takes a lock on every ``labels()`` call
+    (several µs each, a dozen per turn); the hot path asks for the same few label sets
+    over and over, so each child is resolved once. Series are never removed, so a
+    cached child stays the registered one.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._children_by_values: dict[tuple[Any, ...], Any] = {}
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        child = self._children_by_values.get(labelvalues)
+        if child is None:
+            child = super().labels(*labelvalues)
+            self._children_by_values[labelvalues] = child
+        return child
+
+
+class CachedCounter(_LabelCache, Counter):
+    pass
+
+
+class CachedGauge(_LabelCache, Gauge):
+    pass
+
+
+class CachedHistogram(_LabelCache, Histogram):
+    pass
+
+
+class SampledHistogram(CachedHistogram):
+    """A histogram that records a random sample of what it is given: one value in
+    ``every`` on average, chosen by coin flip (not by position, so a turn's event order
+    cannot bias which events are seen). Quantiles stay unbiased; ``_count`` and ``_sum``
+    cover the sample only."""
+
+    every = ADDED_LATENCY_SAMPLE_EVERY
+    draw = staticmethod(random.random)  # uniform in [0, 1); replaceable in tests
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        if self.every <= 1 or self.draw() * self.every < 1.0:
+            super().observe(amount, exemplar)
 
 
 def multiprocess_dir() -> str | None:
@@ -112,7 +177,7 @@ class Metrics:
         self._declare_turn_metrics(r)
         self._declare_socket_metrics(r)
         self._declare_store_metrics(r)
-        self.build_info = Gauge(
+        self.build_info = CachedGauge(
             "gateway_build_info",
             "Always 1; the labels name the running build",
             ["version", "python"],
@@ -124,124 +189,128 @@ class Metrics:
 
     def _declare_turn_metrics(self, r: CollectorRegistry) -> None:
         """How turns went: outcomes, latency, retries, fallbacks, recoveries."""
-        self.turns = Counter("gateway_turns", "Turns by outcome", ["mode", "outcome"], registry=r)
-        self.ttft = Histogram(
+        self.turns = CachedCounter(
+            "gateway_turns", "Turns by outcome", ["mode", "outcome"], registry=r
+        )
+        self.ttft = CachedHistogram(
             "gateway_ttft_seconds",
             "Time to first upstream event",
             ["mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.added_latency = Histogram(
+        self.added_latency = SampledHistogram(
             "gateway_added_latency_seconds",
-            "Gateway time per relayed event (upstream read to client write)",
+            "Gateway time per relayed event (upstream read to client write), from a random"
+            f" sample of 1 in {ADDED_LATENCY_SAMPLE_EVERY} events: quantiles hold, _count is"
+            " the sample's size (gateway_relayed_events counts every event)",
             ["mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.events = Counter(
+        self.events = CachedCounter(
             "gateway_relayed_events", "Upstream events relayed to clients", ["mode"], registry=r
         )
-        self.retry_attempts = Counter(
+        self.retry_attempts = CachedCounter(
             "gateway_retry_attempts",
             "WebSocket retry attempts (beyond the first)",
             ["reason"],
             registry=r,
         )
-        self.retry_exhausted = Counter(
+        self.retry_exhausted = CachedCounter(
             "gateway_retry_exhausted", "Turns whose retries ran out", registry=r
         )
-        self.fallbacks = Counter(
+        self.fallbacks = CachedCounter(
             "gateway_http_fallbacks",
             "WebSocket turns the gateway served over HTTP instead",
             ["reason"],
             registry=r,
         )
-        self.http_requests = Counter(
+        self.http_requests = CachedCounter(
             "gateway_http_requests",
             "Requests clients sent over HTTP POST /v1/responses (not a fallback)",
             registry=r,
         )
-        self.recoveries = Counter(
+        self.recoveries = CachedCounter(
             "gateway_recoveries", "Recoveries by reason", ["reason", "result"], registry=r
         )
-        self.normalizer = Counter(
+        self.normalizer = CachedCounter(
             "gateway_normalizer_decisions", "Normalizer decisions", ["state", "reason"], registry=r
         )
-        self.drained = Counter(
+        self.drained = CachedCounter(
             "gateway_drained_turns", "Turns drained to terminal after the client left", registry=r
         )
 
     def _declare_socket_metrics(self, r: CollectorRegistry) -> None:
         """Client sockets, upstream accounts and the upstream socket pools."""
-        self.client_errors = Counter(
+        self.client_errors = CachedCounter(
             "gateway_client_errors",
             "Error events the gateway sent to clients",
             ["code"],
             registry=r,
         )
-        self.handshakes = Counter(
+        self.handshakes = CachedCounter(
             "gateway_handshakes", "Client WebSocket handshakes", ["result"], registry=r
         )
-        self.sessions = Gauge(
+        self.sessions = CachedGauge(
             "gateway_client_sockets",
             "Open client WebSockets",
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.account_state = Gauge(
+        self.account_state = CachedGauge(
             "gateway_account_state",
             "1 for the state each upstream account is in (healthy, cooling, open, half_open)",
             ["account", "state"],
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.failovers = Counter(
+        self.failovers = CachedCounter(
             "gateway_account_failovers",
             "Turns moved to another account before any event reached the client",
             ["reason"],
             registry=r,
         )
-        self.sockets_holding_response = Gauge(
+        self.sockets_holding_response = CachedGauge(
             "gateway_upstream_sockets_holding_response",
             "Upstream sockets known to hold a previous response in their connection cache",
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.pool_size = Gauge(
+        self.pool_size = CachedGauge(
             "gateway_pool_connections",
             "Upstream sockets per account by state (idle + leased = all; sum() is safe)",
             ["account", "state"],
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.pool_reuse = Gauge(
+        self.pool_reuse = CachedGauge(
             "gateway_pool_reuse_ratio",
             "Reused / all acquires per account (the highest worker's under --workers)",
             ["account"],
             registry=r,
             multiprocess_mode="livemax",
         )
-        self.pool_acquires = Counter(
+        self.pool_acquires = CachedCounter(
             "gateway_pool_acquires", "Upstream socket leases", ["account", "kind"], registry=r
         )
 
     def _declare_store_metrics(self, r: CollectorRegistry) -> None:
         """The continuation state store and its hot cache."""
-        self.store_ops = Histogram(
+        self.store_ops = CachedHistogram(
             "gateway_statestore_op_seconds",
             "State store op latency",
             ["op"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.store_errors = Counter(
+        self.store_errors = CachedCounter(
             "gateway_statestore_errors", "State store op failures", ["op"], registry=r
         )
-        self.store_cache = Counter(
+        self.store_cache = CachedCounter(
             "gateway_statestore_cache", "Hot cache lookups", ["result"], registry=r
         )
-        self.bind_failures = Counter(
+        self.bind_failures = CachedCounter(
             "gateway_statestore_bind_failures", "Turn binds that did not reach Redis", registry=r
         )
 

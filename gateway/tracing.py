@@ -1,8 +1,9 @@
 """OpenTelemetry: one span per turn with GenAI semantic-convention attributes.
 
 The tracer provider belongs to the app (not the global one), so tests can attach an
-in-memory exporter. With no exporter configured every call returns a non-recording
-span: a few attribute no-ops per turn, nothing per event.
+in-memory exporter. With no exporter configured ``turn_span`` and ``child`` return one
+shared no-op context manager yielding a non-recording span: nothing is allocated per
+turn and nothing happens per event.
 
 The standard ``OTEL_*`` variables are honoured: ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` turn the exporter on when the config names no
@@ -16,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -31,6 +35,27 @@ from gateway.logs import current_log_fields
 _propagator = TraceContextTextMapPropagator()
 OPERATION = "chat"
 PROVIDER = "openai"
+
+
+class _NoSpan(AbstractContextManager[Span]):
+    """What ``turn_span``/``child`` return when tracing is off: one shared object whose
+    enter and exit do nothing (a generator-based context manager costs µs per use)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return INVALID_SPAN
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+NO_SPAN: Final = _NoSpan()
 
 
 def _env_endpoint(env: Mapping[str, str]) -> bool:
@@ -86,15 +111,20 @@ class Tracing:
             return None
         return _propagator.extract(dict(headers))
 
-    @contextlib.contextmanager
-    def turn_span(self, operation: str, parent: otel_context.Context | None) -> Iterator[Span]:
+    def turn_span(
+        self, operation: str, parent: otel_context.Context | None
+    ) -> AbstractContextManager[Span]:
         """The turn's span, named ``{operation} {model}`` once the model is known."""
         if self._tracer is None:
-            yield INVALID_SPAN
-            return
-        with self._tracer.start_as_current_span(
-            operation, context=parent, kind=SpanKind.SERVER
-        ) as span:
+            return NO_SPAN
+        return self._turn_span(self._tracer, operation, parent)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _turn_span(
+        tracer: trace.Tracer, operation: str, parent: otel_context.Context | None
+    ) -> Iterator[Span]:
+        with tracer.start_as_current_span(operation, context=parent, kind=SpanKind.SERVER) as span:
             span.set_attribute("gen_ai.operation.name", operation)
             span.set_attribute("gen_ai.provider.name", PROVIDER)
             session = current_log_fields().get("session")
@@ -124,13 +154,20 @@ class Tracing:
         _name_after_model(span, operation)
         span.end()
 
-    @contextlib.contextmanager
-    def child(self, name: str, **attributes: str | int | float | bool) -> Iterator[Span]:
+    def child(
+        self, name: str, **attributes: str | int | float | bool
+    ) -> AbstractContextManager[Span]:
         """A child of the current span; free when tracing is off."""
         if self._tracer is None:
-            yield INVALID_SPAN
-            return
-        with self._tracer.start_as_current_span(name, kind=SpanKind.INTERNAL) as span:
+            return NO_SPAN
+        return self._child(self._tracer, name, attributes)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _child(
+        tracer: trace.Tracer, name: str, attributes: Mapping[str, str | int | float | bool]
+    ) -> Iterator[Span]:
+        with tracer.start_as_current_span(name, kind=SpanKind.INTERNAL) as span:
             for key, value in attributes.items():
                 span.set_attribute(key, value)
             yield span

@@ -59,6 +59,7 @@ class ClientSocket:
         self.frames: list[dict[str, Any]] = []
         self.closed: int | None = None
         self.fail_sends = False
+        self._send = self.send  # the ASGI send a sink writes events to
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.fail_sends:

@@ -11,6 +11,7 @@ from gateway.events import (
     error_event,
     error_json,
     event_type,
+    item_type_from_head,
     peek_error,
     peek_response,
     pending_calls,
@@ -179,6 +180,53 @@ def test_pending_calls_skip_a_server_executed_tool_search() -> None:
     ]
     raws = [msgspec.Raw(json.dumps(i).encode()) for i in items]
     assert pending_calls(raws) == {"c1": "function_call", "c3": "tool_search_call"}
+
+
+def _compact(item: dict[str, object]) -> msgspec.Raw:
+    return msgspec.Raw(json.dumps(item, separators=(",", ":")).encode())
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"type": "message", "content": []}, "message"),
+        ({"id": "msg_1", "type": "message", "role": "assistant"}, "message"),
+        ({"id": "fc_1", "type": "function_call", "call_id": "c1"}, "function_call"),
+        # the top-level type is not where it is trusted: a decode decides
+        ({"role": "assistant", "type": "message"}, None),
+        ({"id": "m", "content": [{"type": "output_text"}], "type": "message"}, None),
+        ({"id": 'a"b', "type": "message"}, None),  # escaped id
+        ({"type": "fun\nny"}, None),  # escaped type
+        ({"id": "x" * 200, "type": "message"}, None),  # type beyond the head
+    ],
+)
+def test_item_type_from_head_reads_only_a_top_level_type(
+    item: dict[str, object], expected: str | None
+) -> None:
+    assert item_type_from_head(_compact(item)) == expected
+
+
+def test_item_type_from_head_needs_compact_json() -> None:
+    assert item_type_from_head(msgspec.Raw(b'{"id": "m", "type": "message"}')) is None
+
+
+def test_pending_calls_same_answer_on_compact_upstream_items() -> None:
+    big_text = "x" * 20_000
+    items: list[dict[str, object]] = [
+        {"id": "msg_1", "type": "message", "content": [{"type": "output_text", "text": big_text}]},
+        {"id": "fc_1", "type": "function_call", "call_id": "c1", "name": "f"},
+        {"id": "ts_1", "type": "tool_search_call", "call_id": "c2", "execution": "server"},
+        {"type": "custom_tool_call", "call_id": "c3", "input": "x"},
+        {"type": "function_call_output", "call_id": "c4", "output": "x"},
+        # a message-looking nested type before the top-level one: decoded, still a call
+        {"call_id": "c5", "content": [{"type": "message"}], "type": "local_shell_call"},
+    ]
+    raws = [_compact(item) for item in items]
+    assert pending_calls(raws) == {
+        "c1": "function_call",
+        "c3": "custom_tool_call",
+        "c5": "local_shell_call",
+    }
 
 
 def test_peek_response_created_and_failed() -> None:

@@ -23,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 from gateway.app import build_app
 from gateway.config import Config
 from gateway.logs import JsonFormatter
+from gateway.telemetry import SampledHistogram
 from tests.e2e.client import (
     create,
     function_calls,
@@ -186,7 +187,11 @@ async def test_fallback_turn_span_has_http_child(sim: SimProcess) -> None:
     assert "upstream.http" in children
 
 
-async def test_metrics_move_by_the_right_amount(sim: SimProcess) -> None:
+async def test_metrics_move_by_the_right_amount(
+    sim: SimProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # added latency is sampled (tests/gateway/test_metric_children.py); here every event
+    monkeypatch.setattr(SampledHistogram, "every", 1)
     async with serve(sim) as gw:
         before = await gw.metrics()
         ws = await open_ws(gw.ws_url, auth_headers())

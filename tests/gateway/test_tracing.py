@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.config import TelemetryConfig
 from gateway.logs import log_fields
-from gateway.tracing import Tracing, mark_error, tracing_wanted
+from gateway.tracing import NO_SPAN, Tracing, mark_error, tracing_wanted
 
 
 def _otlp_endpoint(tracing: Tracing) -> str:
@@ -25,6 +25,32 @@ def _otlp_endpoint(tracing: Tracing) -> str:
 def test_no_endpoint_anywhere_means_no_tracing() -> None:
     tracing = Tracing(TelemetryConfig(), "gw-1", env={})
     assert not tracing.enabled and tracing.provider is None
+
+
+def test_spans_with_tracing_off_are_one_shared_no_op() -> None:
+    tracing = Tracing(TelemetryConfig(), "gw-1", env={})
+    turn = tracing.turn_span("chat", None)
+    child = tracing.child("pool.acquire", **{"gateway.account": "a"})
+    assert turn is NO_SPAN and child is NO_SPAN  # nothing built per turn
+    with turn as outer, child as inner:
+        assert not outer.is_recording() and not inner.is_recording()
+        outer.set_attribute("gen_ai.request.model", "gpt-5")  # accepted, ignored
+
+
+def test_an_exception_leaves_a_no_op_span_unswallowed() -> None:
+    tracing = Tracing(TelemetryConfig(), "gw-1", env={})
+    with pytest.raises(KeyError), tracing.child("statestore.lookup"):
+        raise KeyError("boom")
+
+
+def test_child_spans_nest_under_the_turn_span_when_tracing_is_on() -> None:
+    exporter = InMemorySpanExporter()
+    tracing = Tracing(TelemetryConfig(), "gw-1", exporter=exporter, env={})
+    with tracing.turn_span("chat", None), tracing.child("upstream.write", **{"gateway.bytes": 7}):
+        pass
+    child, turn = exporter.get_finished_spans()
+    assert child.parent is not None and child.parent.span_id == turn.context.span_id
+    assert child.attributes is not None and child.attributes["gateway.bytes"] == 7
 
 
 def test_the_otlp_endpoint_variable_alone_turns_the_exporter_on() -> None:
