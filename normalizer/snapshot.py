@@ -8,6 +8,7 @@ the very bytes that came in, and a changed one re-encodes only what changed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -45,8 +46,20 @@ class Item(msgspec.Struct, frozen=True):
     call_id: str | None = None
 
 
+# An item's top-level type is read from its first bytes when the JSON starts in one of
+# these compact shapes (no escapes, so the match is exactly the top-level key): a 20 KB
+# message then costs no decode. Only types that can carry a call id are decoded.
+_HEAD = 160
+_HEAD_TYPE = re.compile(rb'\{(?:"id":"[^"\\]*",)?"type":"([^"\\]*)"')
+
+
 def item_from_raw(raw: msgspec.Raw | bytes) -> Item:
     data = raw if isinstance(raw, msgspec.Raw) else msgspec.Raw(raw)
+    head = _HEAD_TYPE.match(memoryview(data)[:_HEAD])
+    if head is not None:
+        kind = head.group(1).decode()
+        if not kind.endswith(("_call", "_output")):
+            return Item(data, kind)
     try:
         peek = _item_decoder.decode(data)
     except msgspec.DecodeError:

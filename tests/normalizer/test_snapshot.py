@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from normalizer import RequestDecodeError, decode_request, encode_request, item_from_raw, make_item
 
@@ -101,3 +103,40 @@ def test_input_item_count_is_capped_during_decode() -> None:
     over = b'{"input":[' + b",".join([b"{}"] * (MAX_INPUT_ITEMS + 1)) + b"]}"
     with pytest.raises(RequestDecodeError, match="more than"):
         decode_request(over)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kind=st.sampled_from(
+        [
+            "message",
+            "reasoning",
+            "function_call",
+            "function_call_output",
+            "custom_tool_call",
+            "web_search_call",
+            "tool_search_output",
+            "mes\\u0073age",
+            'we"ird',
+        ]
+    ),
+    with_id=st.booleans(),
+    call_id=st.one_of(st.none(), st.text(min_size=1, max_size=8)),
+    text=st.text(max_size=300),
+)
+def test_the_head_shortcut_reads_what_a_full_decode_reads(
+    kind: str, with_id: bool, call_id: str | None, text: str
+) -> None:
+    """Item types read from an item's first bytes agree with decoding the whole item."""
+    body: dict[str, object] = {"id": "it_1"} if with_id else {}
+    body["type"] = json.loads(f'"{kind}"') if "\\u" in kind else kind
+    if call_id is not None:
+        body["call_id"] = call_id
+    body["content"] = text
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    item = item_from_raw(raw)
+    full = json.loads(raw)
+    assert item.type == full["type"]
+    if item.type.endswith(("_call", "_output")):
+        assert item.call_id == full.get("call_id")
+    assert bytes(item.raw) == raw
