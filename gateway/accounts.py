@@ -17,6 +17,7 @@ stays on its account while that account is available (upstream caches stay warm)
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -148,6 +149,12 @@ class Scheduler:
     def earliest_available(self, group: str) -> float | None:
         times = [t for a in self._groups.get(group, []) if (t := self.until(a.id)) is not None]
         return min(times) if times else None
+
+    def wait_s(self, group: str) -> int:
+        """Whole seconds (rounded up, at least 1) until an account of the group frees up:
+        what a client is told to wait when every account is limited."""
+        earliest = self.earliest_available(group)
+        return max(1, math.ceil(earliest - self.clock())) if earliest is not None else 1
 
     def group(self, group: str) -> list[Account]:
         return self._groups.get(group, [])

@@ -125,11 +125,7 @@ class Tracing:
         tracer: trace.Tracer, operation: str, parent: otel_context.Context | None
     ) -> Iterator[Span]:
         with tracer.start_as_current_span(operation, context=parent, kind=SpanKind.SERVER) as span:
-            span.set_attribute("gen_ai.operation.name", operation)
-            span.set_attribute("gen_ai.provider.name", PROVIDER)
-            session = current_log_fields().get("session")
-            if isinstance(session, str) and session:
-                span.set_attribute("gen_ai.conversation.id", session)
+            _turn_attributes(span, operation)
             try:
                 yield span
             finally:
@@ -141,11 +137,7 @@ class Tracing:
         if self._tracer is None:
             return INVALID_SPAN
         span = self._tracer.start_span(operation, context=parent, kind=SpanKind.SERVER)
-        span.set_attribute("gen_ai.operation.name", operation)
-        span.set_attribute("gen_ai.provider.name", PROVIDER)
-        session = current_log_fields().get("session")
-        if isinstance(session, str) and session:
-            span.set_attribute("gen_ai.conversation.id", session)
+        _turn_attributes(span, operation)
         return span
 
     def close_turn(self, span: Span, operation: str) -> None:
@@ -175,6 +167,15 @@ class Tracing:
     def shutdown(self) -> None:
         if self.provider is not None:
             self.provider.shutdown()
+
+
+def _turn_attributes(span: Span, operation: str) -> None:
+    """What every turn span says from its start: the operation, the provider, the session."""
+    span.set_attribute("gen_ai.operation.name", operation)
+    span.set_attribute("gen_ai.provider.name", PROVIDER)
+    session = current_log_fields().get("session")
+    if isinstance(session, str) and session:
+        span.set_attribute("gen_ai.conversation.id", session)
 
 
 def _name_after_model(span: Span, operation: str) -> None:

@@ -19,7 +19,12 @@ from gateway.events import sanitize_upstream_error
 from gateway.forward.continuation import Continuation
 from gateway.forward.facts import Outcome, TurnFacts
 from gateway.forward.liveness import recv_live
-from gateway.recovery import Failure, classify_error_event, classify_exception
+from gateway.recovery import (
+    Failure,
+    account_health_effect,
+    classify_error_event,
+    classify_exception,
+)
 from gateway.session import ClientSink
 from gateway.transcript import Transcript
 from gateway.turn import TurnTracker, UpstreamErrorInfo
@@ -60,6 +65,12 @@ class Delivered:
     sent: RequestSnapshot  # normalized, exactly as sent upstream
     tracker: TurnTracker
     conn: UpstreamWS | None = None
+
+
+def note_account_health(ctx: GatewayContext, account: Account, failed: AttemptFailed) -> None:
+    """Tell the scheduler what a failed attempt said about the account that served it."""
+    effect = account_health_effect(failed.failure)
+    ctx.scheduler.note(account.id, effect, failed.retry_after_s)
 
 
 def prepare(plan: Plan, holder: str | None, transcript: Transcript) -> NormalizeResult | None:

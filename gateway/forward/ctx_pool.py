@@ -23,7 +23,14 @@ from opentelemetry import trace
 from gateway.auth import ClientIdentity
 from gateway.config import Account
 from gateway.context import GatewayContext
-from gateway.forward.attempt import MODE, AttemptFailed, Delivered, Plan, WsAttempt
+from gateway.forward.attempt import (
+    MODE,
+    AttemptFailed,
+    Delivered,
+    Plan,
+    WsAttempt,
+    note_account_health,
+)
 from gateway.forward.binder import BindWriter
 from gateway.forward.continuation import Continuation, SocketState, resolve_continuation
 from gateway.forward.durable import DurableTranscript
@@ -189,7 +196,7 @@ class CtxPoolForwarder(RecoveryHandlers):
                 )
             if sink.gone:
                 return Outcome.CLIENT_GONE
-            self._note_health(plan.account, failed)
+            note_account_health(self.ctx, plan.account, failed)
             if first_failure_at is None:
                 first_failure_at = time.monotonic()
             owner = self._search_owner(plan, failed, attempts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from starlette.responses import Response
@@ -26,15 +25,14 @@ def json_error(
     )
 
 
-def rate_limited_response(scheduler: Scheduler, group: str) -> Response:
+def rate_limited_response(scheduler: Scheduler, group: str) -> tuple[Response, str]:
     """No account of the group can take the turn: a 429 saying when one frees up, or a 503
-    when the group has no account at all."""
+    when the group has no account at all; with its error code."""
     if not scheduler.group(group):
         message = "no upstream account for this key's group"
-        return json_error(503, "no_account", message, "server_error")
-    earliest = scheduler.earliest_available(group)
-    wait = max(1, math.ceil(earliest - scheduler.clock())) if earliest is not None else 1
+        return json_error(503, "no_account", message, "server_error"), "no_account"
+    wait = scheduler.wait_s(group)
     message = f"All upstream accounts are rate-limited; retry after {wait} s."
-    return json_error(
-        429, "rate_limit_exceeded", message, "rate_limit_error", {"retry-after": str(wait)}
-    )
+    headers = {"retry-after": str(wait)}
+    code = "rate_limit_exceeded"
+    return json_error(429, code, message, "rate_limit_error", headers), code

@@ -32,7 +32,7 @@ from gateway.events import (
     is_account_error,
     transport_error_message,
 )
-from gateway.forward.attempt import AttemptFailed
+from gateway.forward.attempt import AttemptFailed, note_account_health
 from gateway.forward.continuation import Continuation, SocketState, resolve_continuation
 from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import http_headers
@@ -45,7 +45,6 @@ from gateway.recovery import (
     Failure,
     RetryPolicy,
     TurnAttempts,
-    account_health_effect,
     classify_error_event,
     next_action,
     repair_pairing,
@@ -115,7 +114,7 @@ class HttpTurn:
             )
         account = ctx.scheduler.pick(self.group, prefer=cont.account_id)
         if account is None:
-            return self._finish_refused(self._rate_limited_or_none(), Outcome.NO_ACCOUNT)
+            return self._finish_refused(*self._rate_limited_or_none(), Outcome.NO_ACCOUNT)
         request = self._normalize(cont)
         self.owner_known = cont.account_id is not None
         upstream = await self._attempts(request, account)
@@ -179,7 +178,7 @@ class HttpTurn:
                 upstream = await self._post(request, account)
             except AttemptFailed as failed:
                 ctx.scheduler.end(account.id)
-                self._note_health(account, failed)
+                note_account_health(self.ctx, account, failed)
                 if first_failure_at is None:
                     first_failure_at = time.monotonic()
                 elapsed = time.monotonic() - first_failure_at
@@ -271,10 +270,6 @@ class HttpTurn:
         tried = {*attempts.accounts, account.id}
         return self.ctx.scheduler.pick(self.group, exclude=tried)
 
-    def _note_health(self, account: Account, failed: AttemptFailed) -> None:
-        effect = account_health_effect(failed.failure)
-        self.ctx.scheduler.note(account.id, effect, failed.retry_after_s)
-
     async def _post(self, request: RequestSnapshot, account: Account) -> httpx.Response:
         """One POST upstream; a refusal or a transport failure is an AttemptFailed."""
         client = self.ctx.http.get(account.proxy_url)
@@ -317,7 +312,7 @@ class HttpTurn:
         failure = failed.failure
         error = failed.error
         if failure in RATE_LIMITS:
-            return self._finish_refused(self._rate_limited_or_none(), Outcome.RATE_LIMITED)
+            return self._finish_refused(*self._rate_limited_or_none(), Outcome.RATE_LIMITED)
         if error is not None and (
             failure is Failure.ACCOUNT_REFUSED or is_account_error(error.status, error.code)
         ):
@@ -328,20 +323,21 @@ class HttpTurn:
             )
             message = account_error_message(account.id, error.status, error.code)
             refused = json_error(502, "upstream_account_error", message, "server_error")
-            return self._finish_refused(refused, Outcome.UPSTREAM_ERROR)
+            return self._finish_refused(refused, "upstream_account_error", Outcome.UPSTREAM_ERROR)
         if error is not None and failure not in (Failure.ERROR_TRANSIENT,):
             # The upstream rejected the request itself: the client gets its answer as it is.
             status = error.status or 400
             body = error.frame if isinstance(error.frame, bytes) else error.frame.encode()
             relayed = Response(body, status_code=status, media_type="application/json")
             self.relayed = True
-            return self._finish_refused(relayed, Outcome.UPSTREAM_ERROR)
+            code = error.code or "upstream_error"
+            return self._finish_refused(relayed, code, Outcome.UPSTREAM_ERROR)
         ctx.metrics.retry_exhausted.inc()
         message = transport_error_message("HTTP upstream") + f" ({attempts.attempts} attempts)"
         exhausted = json_error(503, "upstream_unavailable", message, "server_error")
-        return self._finish_refused(exhausted, Outcome.RETRY_EXHAUSTED)
+        return self._finish_refused(exhausted, "upstream_unavailable", Outcome.RETRY_EXHAUSTED)
 
-    def _rate_limited_or_none(self) -> Response:
+    def _rate_limited_or_none(self) -> tuple[Response, str]:
         return rate_limited_response(self.ctx.scheduler, self.group)
 
     async def _relay(self, upstream: httpx.Response) -> AsyncIterator[bytes]:
@@ -364,13 +360,7 @@ class HttpTurn:
             await self._finish()
 
     # -- endings ------------------------------------------------------------------------
-    def _finish_refused(self, response: Response, outcome: Outcome) -> Response:
-        body = response.body if isinstance(response.body, bytes) else b""
-        try:
-            err = msgspec.json.decode(body, type=_ErrorEnvelope).error
-            code = (err.code if err else None) or outcome.value
-        except msgspec.MsgspecError:
-            code = outcome.value
+    def _finish_refused(self, response: Response, code: str, outcome: Outcome) -> Response:
         self.ctx.metrics.client_errors.labels(code).inc()
         self._close(outcome)
         return response

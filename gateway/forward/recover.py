@@ -24,7 +24,6 @@ from gateway.recovery import (
     Failure,
     RetryPolicy,
     TurnAttempts,
-    account_health_effect,
     next_action,
     repair_pairing,
 )
@@ -89,10 +88,6 @@ class RecoveryHandlers:
             return None
         self.ctx.metrics.recoveries.labels("owner_search", "attempted").inc()
         return dataclasses.replace(plan, account=other, fresh_socket=True)
-
-    def _note_health(self, account: Account, failed: AttemptFailed) -> None:
-        effect = account_health_effect(failed.failure)
-        self.ctx.scheduler.note(account.id, effect, failed.retry_after_s)
 
     def _decide(
         self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, elapsed_s: float

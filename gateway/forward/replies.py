@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from gateway.context import GatewayContext
 from gateway.events import error_event
 from gateway.forward.facts import Outcome
@@ -46,9 +44,7 @@ class Replies:
     async def rate_limited(self, sink: ClientSink) -> Outcome:
         """Every account of the group is cooling down: say when one frees up (a 429 with
         retry-after, which Codex waits out and retries)."""
-        scheduler = self.ctx.scheduler
-        earliest = scheduler.earliest_available(self.group)
-        wait = max(1, math.ceil(earliest - scheduler.clock())) if earliest is not None else 1
+        wait = self.ctx.scheduler.wait_s(self.group)
         message = (
             f"All upstream accounts are rate-limited; retry after {wait} s "
             "(the earliest an account frees up)."

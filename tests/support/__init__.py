@@ -65,6 +65,20 @@ def wait_for_port(
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def stop_redis(proc: subprocess.Popen[bytes] | None, workdir: str) -> None:
+    """End a redis-server even while it is SIGSTOPped (a test's partition), then its dir."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _redis_server_binary() -> str:
     found = shutil.which("redis-server") or (
         "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
@@ -125,16 +139,7 @@ class RedisServer:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        stop_redis(self.proc, self.workdir)
 
 
 @dataclass

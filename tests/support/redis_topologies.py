@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from tests.support import _redis_server_binary, free_port, wait_for_port
+from tests.support import _redis_server_binary, free_port, stop_redis, wait_for_port
 
 SENTINEL_SERVICE = "gwstore"
 
@@ -74,15 +74,7 @@ class RedisNode:
         self.proc.wait(timeout=5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        stop_redis(self.proc, self.workdir)
 
 
 _DATA_ONLY = ("--save", "", "--appendonly", "no")
