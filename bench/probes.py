@@ -212,11 +212,16 @@ def stage_breakdown(sim: SimProcess, quick: bool) -> dict[str, Any]:
     turns = 100 if quick else 400
     with run_inproc("gateway", sim, "ctx_pool") as (url, control):
         run_load(url, auth_headers(), Scenario("warm", 1, 10, tool, output_bytes=10_000))
+        # First with timers at the two ends only (the headline figure), then every stage.
+        control("stages_start bare")
+        run_load(url, auth_headers(), Scenario("bare", 1, turns, tool, output_bytes=10_000))
+        bare = control("stages_stop")
         control("stages_start")
         run_load(url, auth_headers(), Scenario("stages", 1, turns, tool, output_bytes=10_000))
         reply = control("stages_stop")
     return {
         "continuation": reply["continuation"],
         "all": reply["all"],
+        "bare": {"continuation": bare["continuation"], "all": bare["all"]},
         "clock_read_ns": reply["clock_read_ns"],
     }

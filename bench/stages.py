@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -48,6 +49,8 @@ STAGES = (
 # which would distort every stage; p50 keeps the odd preemption out of the figures.
 _now = time.perf_counter_ns
 
+_CONTINUES = re.compile(r'"previous_response_id"\s*:\s*"')
+_INHERITED = object()  # the attribute came from a base class
 _record: ContextVar[dict[str, Any] | None] = ContextVar("bench_stage_record", default=None)
 
 
@@ -55,13 +58,14 @@ class StageProbe:
     def __init__(self) -> None:
         self.records: list[dict[str, Any]] = []
         self.recording = False
-        self._installed = False
         self.clock_read_ns = 0.0
+        self._saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, original)
 
-    def start(self) -> dict[str, Any]:
-        if not self._installed:
-            self._install()
-            self._installed = True
+    def start(self, bare: bool = False) -> dict[str, Any]:
+        """``bare``: time only the turn's entry and its upstream write (``pre_write``,
+        ``turn``), so no other stage's timer adds to the figure."""
+        self._restore()
+        self._install(bare)
         self.records.clear()
         self.recording = True
         started = _now()
@@ -72,6 +76,7 @@ class StageProbe:
 
     def stop(self) -> dict[str, Any]:
         self.recording = False
+        self._restore()
         out: dict[str, Any] = {"ok": True, "clock_read_ns": self.clock_read_ns}
         for label, keep in (
             ("continuation", lambda r: r.get("continuation")),
@@ -80,6 +85,19 @@ class StageProbe:
             chosen = [r for r in self.records if keep(r)]
             out[label] = {"turns": len(chosen), "p50_us": _medians(chosen)}
         return out
+
+    def _patch(self, owner: Any, name: str, value: Any) -> None:
+        """Replace ``owner.name`` until ``_restore`` (an inherited one is removed then)."""
+        self._saved.append((owner, name, vars(owner).get(name, _INHERITED)))
+        setattr(owner, name, value)
+
+    def _restore(self) -> None:
+        while self._saved:
+            owner, name, original = self._saved.pop()
+            if original is _INHERITED:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
     # -- wrappers ----------------------------------------------------------------------
     def _sync(self, fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
@@ -164,7 +182,9 @@ class StageProbe:
 
         return wrapper
 
-    def _install(self) -> None:
+    def _install(self, bare: bool) -> None:
+        """Long because it lists every function one turn passes through, each with its
+        stage, in the order the turn meets them."""
         import prometheus_client.metrics as prom
 
         from gateway import accounts, context, telemetry, tracing
@@ -173,42 +193,10 @@ class StageProbe:
         from pool import lease, pool
 
         normalize_module = importlib.import_module("normalizer.normalize")
-
         probe = self
-        decode = ctx_pool.decode_request
-
-        def decode_request(frame: str) -> Any:
-            rec = _record.get()
-            if rec is None:
-                return decode(frame)
-            started = _now()
-            request = decode(frame)
-            rec["decode"] = _now() - started
-            rec["continuation"] = request.previous_response_id is not None
-            return request
-
-        ctx_pool.decode_request = decode_request  # type: ignore[assignment]
-        lookup = ctx_pool.resolve_continuation
-        ctx_pool.resolve_continuation = self._async(lookup, "lookup")  # type: ignore[assignment]
-        # normalize encodes the upstream payload once, at its end (``settle``)
-        attempt.normalize = self._sync(attempt.normalize, "normalize")  # type: ignore[assignment]
-        normalize_module.encode_request = self._sync(  # type: ignore[assignment]
-            normalize_module.encode_request, "encode"
-        )
-        accounts.Scheduler.pick = self._sync(accounts.Scheduler.pick, "pick")  # type: ignore[method-assign]
-        gw = context.GatewayContext
-        gw.resolution = self._sync(gw.resolution, "pick")  # type: ignore[method-assign]
+        patch = self._patch
         fwd = ctx_pool.CtxPoolForwarder
-        run = attempt.WsAttempt
-        run._note = self._sync(run._note, "note")  # type: ignore[method-assign]
-        run._relay = self._async(run._relay, "relay")  # type: ignore[method-assign]
-        fwd._finish = self._sync(fwd._finish, "bind")  # type: ignore[method-assign]
-        pool.AccountPool.acquire = self._async(pool.AccountPool.acquire, "acquire")  # type: ignore[method-assign]
-        lease.Lease.release = self._sync(lease.Lease.release, "release")  # type: ignore[method-assign]
         conn = connection.UpstreamWS
-        conn.stop_watch = self._async(conn.stop_watch, "stop_watch")  # type: ignore[method-assign]
-        conn.send_text = self._async(conn.send_text, "upstream_write", "pre_write")  # type: ignore[method-assign]
-        conn.watch_idle = self._sync(conn.watch_idle, "watch_idle")  # type: ignore[method-assign]
         run_turn = fwd.run_turn
 
         @functools.wraps(run_turn)
@@ -216,31 +204,61 @@ class StageProbe:
             if not probe.recording:
                 await run_turn(self, frame, sink)
                 return
-            rec: dict[str, Any] = {"_entry": _now()}
+            # a continuation names its previous response (read before the clock starts)
+            rec: dict[str, Any] = {"continuation": _CONTINUES.search(frame) is not None}
             token = _record.set(rec)
+            rec["_entry"] = _now()
             try:
                 await run_turn(self, frame, sink)
             finally:
-                _record.reset(token)
                 rec["turn"] = _now() - rec["_entry"]
+                _record.reset(token)
                 probe.records.append(rec)
 
-        fwd.run_turn = timed_turn  # type: ignore[method-assign]
+        patch(fwd, "run_turn", timed_turn)
+        patch(conn, "send_text", self._async(conn.send_text, "upstream_write", "pre_write"))
+        if bare:
+            return
+        patch(ctx_pool, "decode_request", self._sync(ctx_pool.decode_request, "decode"))
+        patch(
+            ctx_pool, "resolve_continuation", self._async(ctx_pool.resolve_continuation, "lookup")
+        )
+        local = getattr(ctx_pool, "local_continuation", None)  # absent from older trees
+        if local is not None:
+            patch(ctx_pool, "local_continuation", self._sync(local, "lookup"))
+        # normalize encodes the upstream payload once, at its end (``settle``)
+        patch(attempt, "normalize", self._sync(attempt.normalize, "normalize"))
+        patch(
+            normalize_module,
+            "encode_request",
+            self._sync(normalize_module.encode_request, "encode"),
+        )
+        patch(accounts.Scheduler, "pick", self._sync(accounts.Scheduler.pick, "pick"))
+        gw = context.GatewayContext
+        patch(gw, "resolution", self._sync(gw.resolution, "pick"))
+        run = attempt.WsAttempt
+        patch(run, "_note", self._sync(run._note, "note"))
+        patch(run, "_relay", self._async(run._relay, "relay"))
+        patch(fwd, "_finish", self._sync(fwd._finish, "bind"))
+        patch(pool.AccountPool, "acquire", self._async(pool.AccountPool.acquire, "acquire"))
+        patch(lease.Lease, "release", self._sync(lease.Lease.release, "release"))
+        patch(conn, "stop_watch", self._async(conn.stop_watch, "stop_watch"))
+        patch(conn, "watch_idle", self._sync(conn.watch_idle, "watch_idle"))
         tracer = tracing.Tracing
-        tracer.child = self._timed_spans(tracer.child)  # type: ignore[method-assign]
-        tracer.turn_span = self._timed_spans(tracer.turn_span)  # type: ignore[method-assign]
+        patch(tracer, "child", self._timed_spans(tracer.child))
+        patch(tracer, "turn_span", self._timed_spans(tracer.turn_span))
         # Every labels() call, whether prometheus-client answers it or the gateway's cache.
         base = prom.MetricWrapperBase
-        base.labels = self._counted(base.labels, "metrics")  # type: ignore[method-assign]
-        prom.Counter.inc = self._counted(prom.Counter.inc, "metrics")  # type: ignore[method-assign]
-        prom.Histogram.observe = self._counted(prom.Histogram.observe, "metrics")  # type: ignore[method-assign]
+        patch(base, "labels", self._counted(base.labels, "metrics"))
+        patch(prom.Counter, "inc", self._counted(prom.Counter.inc, "metrics"))
+        patch(prom.Histogram, "observe", self._counted(prom.Histogram.observe, "metrics"))
         # getattr: the same probe also times older trees (before/after comparisons)
         cached = getattr(telemetry, "_LabelCache", None)
         if cached is not None:
-            cached.labels = self._counted(cached.labels, "metrics")
+            patch(cached, "labels", self._counted(cached.labels, "metrics"))
         sampled = getattr(telemetry, "SampledHistogram", None)
         if sampled is not None:
-            sampled.observe = self._counted(sampled.observe, "metrics")
+            patch(sampled, "observe", self._counted(sampled.observe, "metrics"))
 
 
 def _medians(records: list[dict[str, Any]]) -> dict[str, float | None]:

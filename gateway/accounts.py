@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -165,16 +165,16 @@ class Scheduler:
         group: str,
         *,
         prefer: str | None = None,
-        exclude: Iterable[str] = (),
+        exclude: Collection[str] = (),
         usable: Callable[[Account], bool] | None = None,
     ) -> Account | None:
         """The preferred account if it is available, else the least-loaded available one
         (by weight); accounts that ``usable`` rejects come last. None: none available."""
-        excluded = set(exclude)
-        if prefer is not None and prefer not in excluded:
+        if prefer is not None and prefer not in exclude:
             account = self.accounts.get(prefer)
             if account is not None and account.group == group and self.available(prefer):
                 return account
+        excluded = set(exclude)
         best: Account | None = None
         best_key: tuple[int, float] | None = None
         for account in self._groups.get(group, []):

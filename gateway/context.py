@@ -18,7 +18,7 @@ from gateway.accounts import AccountState, HealthPolicy, Scheduler
 from gateway.auth import ClientDirectory
 from gateway.config import Account, Config
 from gateway.logs import PayloadSampler
-from gateway.resolver import Resolution, resolve
+from gateway.resolver import COOLDOWN, Resolution, resolve
 from gateway.session import SessionRegistry
 from gateway.telemetry import Metrics, StoreMetricsHooks
 from gateway.tracing import Tracing
@@ -150,6 +150,9 @@ class GatewayContext:
         self.active = self.scheduler.active  # account -> turns/sockets in use
         self.cooldown_sync = self._cooldown_sync(cfg)
         self._cooldown_until: dict[str, float] = {}
+        # The config is fixed for the process: each account's transport is decided once;
+        # only an HTTP-fallback cooldown changes it for a while.
+        self._resolutions = {a.id: resolve(a, cfg.openai_ws) for a in cfg.accounts}
         # Which response each upstream socket holds in its connection-local cache: with
         # store:false only that one can be continued on that socket. Keyed weakly by the
         # socket object, so an entry goes away with the socket the pool dropped.
@@ -215,7 +218,12 @@ class GatewayContext:
             self._cooldown_until[account_id] = time.monotonic() + seconds
 
     def resolution(self, account: Account) -> Resolution:
-        return resolve(account, self.cfg.openai_ws, cooling_down=self.cooling_down(account.id))
+        known = self._resolutions.get(account.id)
+        if known is None or known.transport == "http":
+            return known or resolve(account, self.cfg.openai_ws)
+        if self._cooldown_until and self.cooling_down(account.id):
+            return COOLDOWN
+        return known
 
     def ws_servable(self, group: str) -> bool:
         """Whether a client of ``group`` should get a WebSocket at all (else 426)."""

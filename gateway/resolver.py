@@ -18,6 +18,9 @@ class Resolution:
     reason: str  # why: a fallback metric label, and the turn's log field
 
 
+COOLDOWN = Resolution("http", "fallback_cooldown")
+
+
 def resolve(account: Account, ws: OpenAIWSConfig, *, cooling_down: bool = False) -> Resolution:
     """First hit wins, in the reference's order; unknown auth never reads the WS switches."""
     if account.auth not in KNOWN_AUTH:
@@ -38,5 +41,5 @@ def resolve(account: Account, ws: OpenAIWSConfig, *, cooling_down: bool = False)
     if mode == "off":
         return Resolution("http", "mode_off")
     if cooling_down:
-        return Resolution("http", "fallback_cooldown")
+        return COOLDOWN
     return Resolution("ws", f"ws_{ws.beta_version}_mode_{mode}")

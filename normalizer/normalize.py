@@ -271,9 +271,60 @@ def settle(
     return msgspec.structs.replace(result, raw=payload, changed=False), payload
 
 
+# The decisions of the common, already-consistent requests (shared: Decision is frozen).
+_NEW_CONVERSATION = Decision(InvariantState.CONSISTENT, Reason.OK, (), 0, 0, "none")
+_CONTINUED = Decision(InvariantState.CONSISTENT, Reason.OK, (), 0, 0, "kept")
+_CONTINUED_WITH_OUTPUTS = Decision(
+    InvariantState.CONSISTENT, Reason.KEPT_FOR_OUTPUTS, (), 0, 0, "kept"
+)
+
+
+def _already_consistent(request: RequestSnapshot, state: ContinuationState) -> Decision | None:
+    """The decision for a request nothing needs to be done to, found in one pass over its
+    items; None sends it through the full steps. Covered: a first turn with no call ids,
+    and a continuation of the known last response (available upstream) whose outputs
+    answer each of its pending calls exactly once and whose input holds no calls. The
+    full steps reach the same decision for these (a property test holds them to it)."""
+    prev = request.previous_response_id
+    items = request.items
+    if prev is None:
+        for item in items:
+            if item.call_id is not None:
+                return None
+        return _NEW_CONVERSATION
+    pending = state.pending_calls
+    if prev != state.last_response_id or not state.previous_available or pending is None:
+        return None
+    answered: set[str] = set()
+    for item in items:
+        call_id = item.call_id
+        if call_id is None:
+            continue
+        if item.type not in OUTPUT_TYPES or call_id in answered:
+            return None
+        answered.add(call_id)
+    if len(answered) != len(pending):
+        return None
+    for call in pending:
+        if call.call_id not in answered:
+            return None
+    return _CONTINUED_WITH_OUTPUTS if answered else _CONTINUED
+
+
 def normalize(
     request: RequestSnapshot, state: ContinuationState, *, strict: bool = False
 ) -> NormalizeResult:
+    fast = _already_consistent(request, state)
+    if fast is not None:
+        result, payload = settle(request, request.previous_response_id, None)
+        return NormalizeResult(result, payload, fast)
+    return normalize_fully(request, state, strict=strict)
+
+
+def normalize_fully(
+    request: RequestSnapshot, state: ContinuationState, *, strict: bool = False
+) -> NormalizeResult:
+    """Every step, whatever the request (``normalize`` skips them for consistent ones)."""
     record = Record()
     calls_in_input = _ids_of(request.items, OUTPUT_FOR_CALL)
     answered = _ids_of(request.items, OUTPUT_TYPES)

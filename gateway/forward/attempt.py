@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import msgspec
+
 from gateway.accounts import retry_after_s
 from gateway.config import Account
 from gateway.context import GatewayContext
@@ -37,8 +39,7 @@ log = logging.getLogger("gateway.ctx_pool")
 MODE = "ctx_pool"
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(msgspec.Struct, frozen=True):
     """What the next attempt sends, and where. Recovery makes a new plan; it never
     re-enters the middle of an attempt."""
 

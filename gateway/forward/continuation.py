@@ -3,14 +3,13 @@ only for what the socket cannot know (a new socket, another instance's response)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from normalizer import RequestSnapshot
 from statestore import StateStore
 
 
-@dataclass(slots=True)
-class SocketState:
+class SocketState(msgspec.Struct):
     """What this client socket knows about its own conversation, updated synchronously
     at each terminal event: the next turn never waits on the store for it."""
 
@@ -21,8 +20,7 @@ class SocketState:
     stored: bool = False  # the response was stored upstream: any socket can continue it
 
 
-@dataclass(frozen=True, slots=True)
-class Continuation:
+class Continuation(msgspec.Struct, frozen=True):
     anchor: str | None  # the response this turn continues (after alignment)
     account_id: str | None  # the account that owns the anchor, when known
     pending: dict[str, str] | None  # the anchor's unanswered calls; None = unknown
@@ -52,6 +50,16 @@ class Continuation:
         return Continuation(self.anchor, account_id, self.pending, None, self.session_last, False)
 
 
+def local_continuation(local: SocketState, request: RequestSnapshot) -> Continuation | None:
+    """The continuation this socket knows by itself (it produced the anchor), else None:
+    the common turn needs no store lookup and no await."""
+    last = local.response_id
+    prev = request.previous_response_id
+    if last is not None and (prev == last or prev is None):
+        return Continuation.of_socket(local, last)
+    return None
+
+
 async def resolve_continuation(
     store: StateStore,
     group: str,
@@ -59,10 +67,11 @@ async def resolve_continuation(
     local: SocketState,
     request: RequestSnapshot,
 ) -> Continuation:
+    known = local_continuation(local, request)
+    if known is not None:
+        return known
     prev = request.previous_response_id
     last = local.response_id
-    if last is not None and (prev == last or prev is None):
-        return Continuation.of_socket(local, last)
     found = await store.lookup(group, response_id=prev, session_key=session_key)
     session_last = last or found.session_last_response_id
     anchor = prev

@@ -10,7 +10,6 @@ turn), so recovery never re-enters the middle of an attempt.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import secrets
@@ -18,6 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
+import msgspec
 from opentelemetry import trace
 
 from gateway.auth import ClientIdentity
@@ -32,7 +32,12 @@ from gateway.forward.attempt import (
     note_account_health,
 )
 from gateway.forward.binder import BindWriter
-from gateway.forward.continuation import Continuation, SocketState, resolve_continuation
+from gateway.forward.continuation import (
+    Continuation,
+    SocketState,
+    local_continuation,
+    resolve_continuation,
+)
 from gateway.forward.durable import DurableTranscript
 from gateway.forward.facts import Outcome, TurnFacts, annotate_turn
 from gateway.forward.http_fallback import HttpTurnFailed, run_http_turn, synthesize_warmup
@@ -128,12 +133,14 @@ class CtxPoolForwarder(RecoveryHandlers):
             return await self.replies.client_error(
                 sink, Outcome.INVALID_REQUEST, 400, message, code="unsupported_message_type"
             )
-        if request.model:
+        if request.model and self.ctx.tracing.enabled:
             trace.get_current_span().set_attribute("gen_ai.request.model", request.model)
-        with self.ctx.tracing.child("statestore.lookup"):
-            cont = await resolve_continuation(
-                self.ctx.store, self.group, self.session_key, self.state, request
-            )
+        cont = local_continuation(self.state, request)
+        if cont is None:  # a new socket, or another socket's response: ask the store
+            with self.ctx.tracing.child("statestore.lookup"):
+                cont = await resolve_continuation(
+                    self.ctx.store, self.group, self.session_key, self.state, request
+                )
         if self._socket_lost_it(request, cont):
             # Another instance served this conversation (a restart, a deploy): rebuild it
             # from the durable transcript before anything goes upstream.
@@ -184,7 +191,7 @@ class CtxPoolForwarder(RecoveryHandlers):
             else:
                 ctx.scheduler.succeeded(plan.account.id)
                 if done is Outcome.PREVIOUS_NOT_FOUND and await self._rebuilt(plan):
-                    plan = dataclasses.replace(plan, replay=True, fresh_socket=True)
+                    plan = msgspec.structs.replace(plan, replay=True, fresh_socket=True)
                     continue
                 return await self._delivered(done, plan, sink)
             finally:

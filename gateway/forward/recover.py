@@ -7,10 +7,11 @@ the turn's ``Outcome`` (the loop ends). They never re-enter an attempt halfway.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
+
+import msgspec
 
 from gateway.config import Account
 from gateway.context import GatewayContext
@@ -87,7 +88,7 @@ class RecoveryHandlers:
         if other is None:
             return None
         self.ctx.metrics.recoveries.labels("owner_search", "attempted").inc()
-        return dataclasses.replace(plan, account=other, fresh_socket=True)
+        return msgspec.structs.replace(plan, account=other, fresh_socket=True)
 
     def _decide(
         self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, elapsed_s: float
@@ -151,14 +152,14 @@ class RecoveryHandlers:
         assert cont.session_last is not None
         self.ctx.metrics.recoveries.labels("previous_response_not_found_align", "attempted").inc()
         request = plan.request.with_previous_response_id(cont.session_last)
-        return dataclasses.replace(plan, request=request, cont=cont.aligned())
+        return msgspec.structs.replace(plan, request=request, cont=cont.aligned())
 
     async def _replay(
         self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
     ) -> Plan | Outcome:
         attempts.replayed.add(failed.failure)
         self.ctx.metrics.recoveries.labels(failed.failure.value + "_replay", "attempted").inc()
-        return dataclasses.replace(plan, replay=True, fresh_socket=True)
+        return msgspec.structs.replace(plan, replay=True, fresh_socket=True)
 
     async def _repair(
         self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
@@ -171,7 +172,7 @@ class RecoveryHandlers:
             return await self._relay_error(plan, failed, attempts, sink)
         attempts.repairs += 1
         self.ctx.metrics.recoveries.labels(action.value, "attempted").inc()
-        return dataclasses.replace(plan, request=repaired)
+        return msgspec.structs.replace(plan, request=repaired)
 
     async def _failover(
         self, plan: Plan, failed: AttemptFailed, attempts: TurnAttempts, sink: ClientSink
@@ -191,7 +192,7 @@ class RecoveryHandlers:
         self.facts.failovers += 1
         self.ctx.metrics.failovers.labels(reason).inc()
         continues = plan.cont.anchor is not None or plan.request.previous_response_id is not None
-        return dataclasses.replace(
+        return msgspec.structs.replace(
             plan,
             account=other,
             cont=plan.cont.elsewhere(other.id),

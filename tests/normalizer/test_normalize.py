@@ -562,3 +562,53 @@ def test_string_input_survives_and_is_expandable() -> None:
     assert normalize(request, ContinuationState()).payload is raw
     full = expand_to_full(request.with_previous_response_id("r1"), [make_item(user("before"))])
     assert json.loads(encode_request(full))["input"][1]["content"][0]["text"] == "just text"
+
+
+@st.composite
+def already_consistent(draw: st.DrawFn) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """A continuation whose outputs answer each pending call once, among messages (and
+    now and then one output twice)."""
+    ids = draw(st.lists(call_ids, min_size=0, max_size=4, unique=True))
+    pending = [(cid, draw(st.sampled_from(CALL_KINDS))) for cid in ids]
+    items: list[dict[str, Any]] = [output(kind, cid) for cid, kind in pending]
+    items += [user(draw(st.text(max_size=8))) for _ in range(draw(st.integers(0, 2)))]
+    if pending and draw(st.integers(0, 3)) == 0:  # one answered twice: not consistent
+        cid, kind = draw(st.sampled_from(pending))
+        items.append(output(kind, cid, "again"))
+    draw(st.randoms()).shuffle(items)
+    return pending, items
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(pending_and_input(), already_consistent()),
+    st.sampled_from([None, "resp_1", "resp_0"]),  # previous_response_id sent
+    st.sampled_from([None, "resp_1"]),  # the last response known
+    st.booleans(),  # pending calls known
+    st.booleans(),  # previous response available upstream
+    st.sampled_from([None, True, False]),  # store
+)
+def test_the_shortcut_for_consistent_requests_decides_as_the_full_steps_do(
+    case: tuple[list[tuple[str, str]], list[dict[str, Any]]],
+    prev: str | None,
+    last: str | None,
+    pending_known: bool,
+    available: bool,
+    store: bool | None,
+) -> None:
+    from normalizer.normalize import normalize_fully
+
+    pending, items = case
+    fields: dict[str, Any] = {"previous_response_id": prev}
+    if store is not None:
+        fields["store"] = store
+    request = decode_request(frame(items, **fields))
+    state = ContinuationState(
+        last_response_id=last,
+        pending_calls=tuple(PendingCall(c, k) for c, k in pending) if pending_known else None,
+        previous_available=available,
+    )
+    quick, full = normalize(request, state), normalize_fully(request, state)
+    assert quick.decision == full.decision
+    assert quick.payload == full.payload
+    assert quick.request == full.request
