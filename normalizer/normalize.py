@@ -157,7 +157,7 @@ def expand_with_transcript(
     if prev != state.last_response_id:
         return None
     record.note(Reason.DROPPED_FOR_FULL_REPLAY, "expanded_full_transcript")
-    return request.with_items(transcript + request.items).with_previous_response_id(None)
+    return request.with_items((*transcript, *request.items)).with_previous_response_id(None)
 
 
 def pending_for(

@@ -3,6 +3,7 @@ Prometheus labels and log tags."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 import msgspec
@@ -22,7 +23,7 @@ class ContinuationState(msgspec.Struct, frozen=True, kw_only=True):
     # The whole conversation up to and including last_response_id's output, when the
     # caller has it: a request that continues an unavailable previous response is then
     # expanded to a full one (no previous_response_id) in the same pass.
-    transcript: tuple[Item, ...] | None = None
+    transcript: Sequence[Item] | None = None
 
 
 class InvariantState(StrEnum):
