@@ -20,7 +20,7 @@ from gateway.context import GatewayContext
 from gateway.events import sanitize_upstream_error
 from gateway.forward.continuation import Continuation
 from gateway.forward.facts import Outcome, TurnFacts
-from gateway.forward.liveness import recv_live
+from gateway.forward.liveness import after_silence, first_wait, recv_live
 from gateway.recovery import (
     Failure,
     account_health_effect,
@@ -210,31 +210,42 @@ class WsAttempt:
     async def _relay(
         self, conn: UpstreamWS, tracker: TurnTracker, sink: ClientSink, account_id: str
     ) -> None:
+        """Long because it is the per-event loop: every call and attribute lookup in it
+        is paid once per relayed event, so the read is inlined (see ``recv_live``)."""
         ws_cfg = self.ctx.cfg.openai_ws
         added = self.ctx.metrics.added_latency.labels(MODE)
         send = sink.send
         observe = tracker.observe
-
-        async def recv() -> str | bytes:
-            return await recv_live(
-                conn,
-                silence_s=ws_cfg.liveness_interval_s,
-                pong_timeout_s=ws_cfg.ping_timeout_s,
-                read_timeout_s=ws_cfg.read_timeout_s,
-            )
-
+        recv = conn.recv
+        perf_counter = time.perf_counter
+        silence_s, read_timeout_s = ws_cfg.liveness_interval_s, ws_cfg.read_timeout_s
+        wait = first_wait(silence_s, read_timeout_s)
         with self.ctx.tracing.child("upstream.first_byte"):
-            first = await recv()
-        conn.push_back(first)
+            message = await recv_live(
+                conn,
+                silence_s=silence_s,
+                pong_timeout_s=ws_cfg.ping_timeout_s,
+                read_timeout_s=read_timeout_s,
+            )
         while True:
-            message = await recv()
-            received = time.perf_counter()
+            received = perf_counter()
             etype = observe(message)
             if etype == "error" and tracker.events == 1:
                 return  # decided by the caller: recover, retry or relay
             if tracker.done:  # a terminal may carry an account error: never the key
                 message = sanitize_upstream_error(message, etype, account_id)
             if await send(message):
-                added.observe(time.perf_counter() - received)
+                added.observe(perf_counter() - received)
             if tracker.done:
                 return
+            try:
+                message = await recv(wait)
+            except TimeoutError:
+                if wait >= read_timeout_s:
+                    raise
+                message = await after_silence(
+                    conn,
+                    silence_s=silence_s,
+                    pong_timeout_s=ws_cfg.ping_timeout_s,
+                    read_timeout_s=read_timeout_s,
+                )

@@ -36,9 +36,10 @@ class BindWriter:
         on_failed: Callable[[TurnBinding], None] | None = None,
     ) -> None:
         self._store = store
-        self._tracing = tracing
-        # Each binding keeps the trace context of its turn: its span is that turn's child.
-        self._queue: collections.deque[tuple[TurnBinding, otel_context.Context]] = (
+        # Each binding keeps the trace context of its turn: its span is that turn's child
+        # (with tracing off there is neither span nor context to keep).
+        self._tracing = tracing if tracing is not None and tracing.enabled else None
+        self._queue: collections.deque[tuple[TurnBinding, otel_context.Context | None]] = (
             collections.deque()
         )
         self._task: asyncio.Task[None] | None = None
@@ -52,7 +53,8 @@ class BindWriter:
 
     def submit(self, binding: TurnBinding) -> None:
         """Queue a binding; returns at once."""
-        self._queue.append((binding, otel_context.get_current()))
+        context = otel_context.get_current() if self._tracing is not None else None
+        self._queue.append((binding, context))
         if self._task is None:
             if self._on_busy is not None:
                 self._on_busy()
@@ -62,7 +64,7 @@ class BindWriter:
         try:
             while self._queue:
                 binding, trace_context = self._queue.popleft()
-                token = otel_context.attach(trace_context)
+                token = None if trace_context is None else otel_context.attach(trace_context)
                 try:
                     if self._tracing is None:
                         outcome = await self._store.bind_turn(binding)
@@ -79,7 +81,8 @@ class BindWriter:
                         extra={"event": "bind_failed", "response_id": binding.response_id},
                     )
                 finally:
-                    otel_context.detach(token)
+                    if token is not None:
+                        otel_context.detach(token)
         finally:
             self._task = None
             if self._on_idle is not None:
