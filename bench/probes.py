@@ -34,13 +34,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def bench_gateway_config(sim: SimProcess, mode: str, **openai_ws: object) -> dict[str, object]:
-    """The gateway as the bench runs it: pool sized for 1k sockets, quiet logs."""
+    """The gateway as the bench runs it: pool sized for 1k sockets, default logging."""
     return gateway_config(
         sim.base_url,
         max_conns=4096,
         overrides={
             "openai_ws": {"mode": mode, "queue_limit": 4096, **openai_ws},
-            "telemetry": {"log_level": "warning"},
+            "telemetry": {"log_level": "info"},  # the default: one JSON line per turn
         },
     )
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Protocol, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -82,8 +82,11 @@ def _install_record_factory() -> None:
 _install_record_factory()
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: object) -> object:
-    if isinstance(value, str | int | float | bool | type(None)):
+    if type(value) in _SCALARS or isinstance(value, str | int | float | bool | type(None)):
         return value
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -138,10 +141,15 @@ def _text_value(value: object) -> str:
     return _encoder.encode(text).decode() if (" " in text or not text) else text
 
 
+_direct: logging.StreamHandler[TextIO] | None = None  # the JSON handler setup_logging made
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    global _direct
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    _direct = handler if fmt == "json" else None
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # uvicorn's loggers propagate to ours (the app runs with log_config=None).
@@ -231,7 +239,49 @@ def log_turn(
         error = getattr(tracker, "error", None)
         if error is not None:
             fields["error_code"] = getattr(error, "code", None) or ""
-    log.info("turn %s", outcome, extra=fields)
+    if not _write_direct(f"turn {outcome}", fields):
+        log.info("turn %s", outcome, extra=fields)
+
+
+def _write_direct(message: str, fields: dict[str, object]) -> bool:
+    """Write an info line of ``log`` as the JSON handler would, without a LogRecord: a
+    turn's line is the one line per turn, and the logging machinery (caller lookup,
+    record, generic field walk) costs several times the line itself. Only when that
+    handler is the one place the line goes (no other handler or filter on the way, as a
+    test's capture would add); False: the caller logs it the usual way."""
+    handler = _direct
+    if handler is None or handler.filters:
+        return False
+    logger: logging.Logger | None = log
+    while logger is not None:
+        if logger.filters or (logger.handlers and logger is not logging.root):
+            return False
+        if not logger.propagate:
+            return False
+        logger = logger.parent
+    handlers = logging.root.handlers
+    if len(handlers) != 1 or handlers[0] is not handler or handler.level > logging.INFO:
+        return False
+    out: dict[str, object] = {
+        "ts": round(time.time(), 6),
+        "level": "info",
+        "logger": log.name,
+        "msg": message,
+    }
+    for key, value in _log_fields.get().items():
+        out[key] = _plain(value)
+    for key, value in fields.items():
+        out[key] = _plain(value)
+    line = _encoder.encode(out).decode()
+    handler.acquire()
+    try:
+        handler.stream.write(line + handler.terminator)
+        handler.flush()
+    except Exception:
+        return False
+    finally:
+        handler.release()
+    return True
 
 
 # -- HTTP requests -----------------------------------------------------------------------------

@@ -315,6 +315,41 @@ def test_failed_turn_line_names_the_error_and_a_turn_without_upstream_has_no_ttf
     assert no_account["outcome"] == "no_account" and "response_id" not in no_account
 
 
+def test_the_turn_line_written_directly_is_the_line_the_formatter_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the gateway's own JSON handler as the only destination the turn line skips the
+    logging machinery; it must come out exactly as JsonFormatter would write it."""
+    import io
+
+    monkeypatch.setattr(logs, "time", SimpleNamespace(perf_counter=lambda: 100.25, time=time.time))
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    facts = TurnLogFacts("acct-b", FakeTracker(error=FakeError("x")), retries=1)
+    made: list[logging.LogRecord] = []
+    monkeypatch.setattr(logging.Logger, "handle", lambda self, record: made.append(record))
+    try:
+        setup_logging("info", "json")
+        with log_fields(session="sess-1", client="dev"):
+            log_turn("ctx_pool", "error", facts, started=100.0)
+        assert made == []  # no LogRecord: the line went straight to the stream
+        with (
+            capture("gateway.turn", JsonFormatter()) as h,
+            log_fields(session="sess-1", client="dev"),
+        ):
+            log_turn("ctx_pool", "error", facts, started=100.0)  # another handler: the usual way
+    finally:
+        root.handlers[:], root.level = saved
+    direct = json.loads(stream.getvalue())
+    usual = json.loads(JsonFormatter().format(made[0])) if made else json.loads(h.lines[0])
+    assert direct.pop("ts") > 0 and usual.pop("ts") > 0
+    assert direct == usual
+    assert direct["msg"] == "turn error" and direct["session"] == "sess-1"
+    assert direct["error_code"] == "x" and direct["duration_ms"] == 250.0
+
+
 def test_turn_line_is_skipped_below_info() -> None:
     with capture("gateway.turn", JsonFormatter()) as h:
         logging.getLogger("gateway.turn").setLevel(logging.WARNING)
