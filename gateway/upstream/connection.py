@@ -30,6 +30,7 @@ from gateway.upstream.errors import (
 from gateway.upstream.watchdog import ReadWatchdog
 
 CLOSE_NO_STATUS = 1005
+CLOSE_INVALID_TEXT = 1007
 # Queued-but-unread bytes above which the socket stops reading until the reader catches up.
 PAUSE_ABOVE = 4 * 1024 * 1024
 RESUME_BELOW = 1024 * 1024
@@ -39,6 +40,25 @@ _PONG, _CLOSE = WSMsgType.PONG, WSMsgType.CLOSE
 
 def _code(raw: Any) -> int:
     return int(getattr(raw, "value", raw))
+
+
+def _text_message(payload: bytes) -> str | bytes | None:
+    """A text message as delivered: ASCII as str (cheapest to peek at, and its length is
+    its size), other UTF-8 as the bytes themselves (decoding and re-encoding them for the
+    client would cost more than the check), None when it is not UTF-8."""
+    if payload.isascii():
+        return payload.decode("ascii")
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        return None
+    return payload
+
+
+def _byte_size(message: str | bytes) -> int:
+    if isinstance(message, bytes) or message.isascii():  # str.isascii() does not scan
+        return len(message)
+    return len(message.encode())
 
 
 def _close_code(code: int) -> WSCloseCode:
@@ -107,10 +127,17 @@ class UpstreamWS(WSListener):
                 self._partial_text = kind is _TEXT
                 self._partial_size = size
                 return
-            if kind is _TEXT:
-                self._deliver(frame.get_payload_as_utf8_text(), size)
-            else:
+            if kind is _BINARY:
                 self._deliver(frame.get_payload_as_bytes(), size)
+                return
+            try:
+                message: str | bytes | None = frame.get_payload_as_ascii_text()
+            except UnicodeDecodeError:
+                message = _text_message(frame.get_payload_as_bytes())
+                if message is None:
+                    self._invalid_text()
+                    return
+            self._deliver(message, size)
         elif kind is _CONT:
             self._partial_size += frame.payload_size
             if self._partial_size > self._max:
@@ -122,7 +149,11 @@ class UpstreamWS(WSListener):
                 size = self._partial_size
                 self._partial.clear()
                 self._partial_size = 0
-                self._deliver(joined.decode() if self._partial_text else joined, size)
+                message = _text_message(joined) if self._partial_text else joined
+                if message is None:
+                    self._invalid_text()
+                    return
+                self._deliver(message, size)
         elif kind is _PONG:
             self._wake_pingers(None)
         elif kind is _CLOSE:
@@ -170,6 +201,10 @@ class UpstreamWS(WSListener):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _invalid_text(self) -> None:
+        # Never relayed: a client must not receive a text frame that is not UTF-8.
+        self._fail(UpstreamProtocolError("text message is not valid UTF-8"), CLOSE_INVALID_TEXT)
+
     def _too_big(self) -> None:
         self._fail(MessageTooBig(f"upstream message over {self._max} bytes"), CLOSE_TOO_BIG)
 
@@ -213,7 +248,8 @@ class UpstreamWS(WSListener):
 
     # -- the lessee's side -------------------------------------------------------------------
     async def recv(self, timeout: float | None = None) -> str | bytes:
-        """Next complete message (str for text frames). Raises UpstreamClosed at the end,
+        """Next complete message: str for an ASCII text message, bytes for any other (a
+        text message's are valid UTF-8). Raises UpstreamClosed at the end,
         MessageTooBig or UpstreamProtocolError for what ended it, TimeoutError when
         ``timeout`` passes first (the socket stays usable)."""
         pending = self._pending
@@ -229,7 +265,7 @@ class UpstreamWS(WSListener):
             finally:
                 self._waiter = None
         message = pending.popleft()
-        self._buffered -= len(message)
+        self._buffered -= _byte_size(message)  # the unit ``_deliver`` added: bytes
         if self._reading_paused and self._buffered < RESUME_BELOW and self._transport:
             self._reading_paused = False
             self._transport.underlying_transport.resume_reading()
@@ -238,7 +274,7 @@ class UpstreamWS(WSListener):
     def push_back(self, message: str | bytes) -> None:
         """Return a message to the front of the queue (the next recv gets it first)."""
         self._pending.appendleft(message)
-        self._buffered += len(message)
+        self._buffered += _byte_size(message)
 
     async def send_text(self, data: str | bytes, timeout: float | None = None) -> None:
         """Send one text frame; waits (up to ``timeout``) only while the socket's write
