@@ -131,13 +131,15 @@ class UpstreamWS(WSListener):
                 self._deliver(frame.get_payload_as_bytes(), size)
                 return
             try:
-                message: str | bytes | None = frame.get_payload_as_ascii_text()
-            except UnicodeDecodeError:
+                text = frame.get_payload_as_ascii_text()
+            except UnicodeDecodeError:  # not ASCII: keep the bytes if they are UTF-8
                 message = _text_message(frame.get_payload_as_bytes())
                 if message is None:
                     self._invalid_text()
-                    return
-            self._deliver(message, size)
+                else:
+                    self._deliver(message, size)
+                return
+            self._deliver(text, size)
         elif kind is _CONT:
             self._partial_size += frame.payload_size
             if self._partial_size > self._max:
