@@ -35,7 +35,7 @@ _MEDIUM = struct.Struct("!BBH").pack
 _LONG = struct.Struct("!BBQ").pack
 # Past this size the payload is handed to the transport beside its header rather than
 # copied behind it: one scatter write instead of a copy of the whole event.
-GATHER_ABOVE = 16 * 1024
+GATHER_ABOVE = 8 * 1024
 
 
 def text_frame_header(size: int) -> bytes:
