@@ -42,6 +42,8 @@ class ClientSink:
         self.closed_code: int | None = None
 
     async def send(self, frame: str | bytes) -> bool:
+        """Send ``frame`` as one text frame; False once the client is gone. Bytes must be
+        UTF-8 (what UpstreamWS delivers is checked): the direct path writes them as is."""
         if self.gone:
             return False
         direct = self._direct

@@ -30,6 +30,7 @@ from gateway.upstream.errors import (
 from gateway.upstream.watchdog import ReadWatchdog
 
 CLOSE_NO_STATUS = 1005
+CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID_TEXT = 1007
 # Queued-but-unread bytes above which the socket stops reading until the reader catches up.
 PAUSE_ABOVE = 4 * 1024 * 1024
@@ -42,17 +43,23 @@ def _code(raw: Any) -> int:
     return int(getattr(raw, "value", raw))
 
 
+def _is_utf8(payload: bytes) -> bool:
+    if payload.isascii():  # most JSON events: checked without building a str
+        return True
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _text_message(payload: bytes) -> str | bytes | None:
     """A text message as delivered: ASCII as str (cheapest to peek at, and its length is
     its size), other UTF-8 as the bytes themselves (decoding and re-encoding them for the
     client would cost more than the check), None when it is not UTF-8."""
     if payload.isascii():
         return payload.decode("ascii")
-    try:
-        payload.decode()
-    except UnicodeDecodeError:
-        return None
-    return payload
+    return payload if _is_utf8(payload) else None
 
 
 def _byte_size(message: str | bytes) -> int:
@@ -128,14 +135,18 @@ class UpstreamWS(WSListener):
                 self._partial_size = size
                 return
             if kind is _BINARY:
-                self._deliver(frame.get_payload_as_bytes(), size)
+                payload = frame.get_payload_as_bytes()
+                if _is_utf8(payload):
+                    self._deliver(payload, size)
+                else:
+                    self._not_utf8(text=False)
                 return
             try:
                 text = frame.get_payload_as_ascii_text()
             except UnicodeDecodeError:  # not ASCII: keep the bytes if they are UTF-8
                 message = _text_message(frame.get_payload_as_bytes())
                 if message is None:
-                    self._invalid_text()
+                    self._not_utf8(text=True)
                 else:
                     self._deliver(message, size)
                 return
@@ -151,9 +162,12 @@ class UpstreamWS(WSListener):
                 size = self._partial_size
                 self._partial.clear()
                 self._partial_size = 0
-                message = _text_message(joined) if self._partial_text else joined
+                if self._partial_text:
+                    message = _text_message(joined)
+                else:
+                    message = joined if _is_utf8(joined) else None
                 if message is None:
-                    self._invalid_text()
+                    self._not_utf8(self._partial_text)
                     return
                 self._deliver(message, size)
         elif kind is _PONG:
@@ -203,9 +217,11 @@ class UpstreamWS(WSListener):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _invalid_text(self) -> None:
-        # Never relayed: a client must not receive a text frame that is not UTF-8.
-        self._fail(UpstreamProtocolError("text message is not valid UTF-8"), CLOSE_INVALID_TEXT)
+    def _not_utf8(self, text: bool) -> None:
+        # Never relayed: every message reaches the client as a text frame, which must be
+        # UTF-8. Invalid text breaks the protocol (1007); such binary data is unsupported.
+        kind, code = ("text", CLOSE_INVALID_TEXT) if text else ("binary", CLOSE_UNSUPPORTED)
+        self._fail(UpstreamProtocolError(f"{kind} message is not valid UTF-8"), code)
 
     def _too_big(self) -> None:
         self._fail(MessageTooBig(f"upstream message over {self._max} bytes"), CLOSE_TOO_BIG)
@@ -250,8 +266,8 @@ class UpstreamWS(WSListener):
 
     # -- the lessee's side -------------------------------------------------------------------
     async def recv(self, timeout: float | None = None) -> str | bytes:
-        """Next complete message: str for an ASCII text message, bytes for any other (a
-        text message's are valid UTF-8). Raises UpstreamClosed at the end,
+        """Next complete message: str for an ASCII text message, bytes for any other (valid
+        UTF-8: a message that is not fails the socket). Raises UpstreamClosed at the end,
         MessageTooBig or UpstreamProtocolError for what ended it, TimeoutError when
         ``timeout`` passes first (the socket stays usable)."""
         pending = self._pending

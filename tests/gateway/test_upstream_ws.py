@@ -745,6 +745,18 @@ async def test_text_that_is_not_utf8_closes_with_1007(server: int, frames: str) 
     await conn.aclose()
 
 
+@pytest.mark.parametrize("frames", ["8202fffe", "0201ff" + "8001fe"])
+async def test_binary_that_is_not_utf8_closes_with_1003(server: int, frames: str) -> None:
+    # Every message is relayed to the client as text: binary data that is not UTF-8
+    # cannot be, so it ends the socket instead of reaching the client.
+    conn = await open_conn(f"ws://127.0.0.1:{server}/")
+    await conn.send_text(f"raw:{frames}")
+    with pytest.raises(UpstreamProtocolError, match="UTF-8"):
+        await conn.recv(timeout=DEADLINE_S)
+    assert conn.closed and conn.close_info is not None and conn.close_info.code == 1003
+    await conn.aclose()
+
+
 async def test_fragmented_text_is_checked_whole(server: int) -> None:
     # A two-byte character split across fragments is valid once the message is whole.
     conn = await open_conn(f"ws://127.0.0.1:{server}/")
