@@ -158,18 +158,7 @@ class UpstreamWS(WSListener):
                 return
             self._partial.append(frame.get_payload_as_bytes())
             if frame.fin:
-                joined = b"".join(self._partial)
-                size = self._partial_size
-                self._partial.clear()
-                self._partial_size = 0
-                if self._partial_text:
-                    message = _text_message(joined)
-                else:
-                    message = joined if _is_utf8(joined) else None
-                if message is None:
-                    self._not_utf8(self._partial_text)
-                    return
-                self._deliver(message, size)
+                self._deliver_fragmented()
         elif kind is _PONG:
             self._wake_pingers(None)
         elif kind is _CLOSE:
@@ -179,6 +168,20 @@ class UpstreamWS(WSListener):
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
             self._mark_closed(code, reason)
             transport.disconnect()
+
+    def _deliver_fragmented(self) -> None:
+        joined = b"".join(self._partial)
+        size = self._partial_size
+        self._partial.clear()
+        self._partial_size = 0
+        if self._partial_text:
+            message = _text_message(joined)
+        else:
+            message = joined if _is_utf8(joined) else None
+        if message is None:
+            self._not_utf8(self._partial_text)
+        else:
+            self._deliver(message, size)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self._close is None:
