@@ -12,6 +12,7 @@ Two layers share one ``HandshakeGate``:
   two defects of uvicorn's websockets-sansio protocol: a rejected request line or
   header (431/414) is queued but never written nor closed, and a completed denial
   response leaves the handshake marked incomplete (an ERROR log line per refusal).
+  It also makes that protocol offer the app a direct text-frame writer (gateway.ingress).
   It is applied by the app factory, so it works under ``python -m gateway`` and the
   plain ``uvicorn ... --factory`` command alike.
 * ``HandshakeGuard`` is ASGI middleware that carries the same deadline through the
@@ -31,6 +32,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.events import error_json
+from gateway.ingress import offer_text_frames
 
 log = logging.getLogger("gateway.guard")
 
@@ -428,3 +430,4 @@ def _patch_sansio() -> None:
 
     cls.data_received = data_received
     cls.send = guarded_send
+    offer_text_frames(cls)

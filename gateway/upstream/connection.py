@@ -30,6 +30,8 @@ from gateway.upstream.errors import (
 from gateway.upstream.watchdog import ReadWatchdog
 
 CLOSE_NO_STATUS = 1005
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID_TEXT = 1007
 # Queued-but-unread bytes above which the socket stops reading until the reader catches up.
 PAUSE_ABOVE = 4 * 1024 * 1024
 RESUME_BELOW = 1024 * 1024
@@ -39,6 +41,31 @@ _PONG, _CLOSE = WSMsgType.PONG, WSMsgType.CLOSE
 
 def _code(raw: Any) -> int:
     return int(getattr(raw, "value", raw))
+
+
+def _is_utf8(payload: bytes) -> bool:
+    if payload.isascii():  # most JSON events: checked without building a str
+        return True
+    try:
+        payload.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _text_message(payload: bytes) -> str | bytes | None:
+    """A text message as delivered: ASCII as str (cheapest to peek at, and its length is
+    its size), other UTF-8 as the bytes themselves (decoding and re-encoding them for the
+    client would cost more than the check), None when it is not UTF-8."""
+    if payload.isascii():
+        return payload.decode("ascii")
+    return payload if _is_utf8(payload) else None
+
+
+def _byte_size(message: str | bytes) -> int:
+    if isinstance(message, bytes) or message.isascii():  # str.isascii() does not scan
+        return len(message)
+    return len(message.encode())
 
 
 def _close_code(code: int) -> WSCloseCode:
@@ -107,10 +134,23 @@ class UpstreamWS(WSListener):
                 self._partial_text = kind is _TEXT
                 self._partial_size = size
                 return
-            if kind is _TEXT:
-                self._deliver(frame.get_payload_as_utf8_text(), size)
-            else:
-                self._deliver(frame.get_payload_as_bytes(), size)
+            if kind is _BINARY:
+                payload = frame.get_payload_as_bytes()
+                if _is_utf8(payload):
+                    self._deliver(payload, size)
+                else:
+                    self._not_utf8(text=False)
+                return
+            try:
+                text = frame.get_payload_as_ascii_text()
+            except UnicodeDecodeError:  # not ASCII: keep the bytes if they are UTF-8
+                message = _text_message(frame.get_payload_as_bytes())
+                if message is None:
+                    self._not_utf8(text=True)
+                else:
+                    self._deliver(message, size)
+                return
+            self._deliver(text, size)
         elif kind is _CONT:
             self._partial_size += frame.payload_size
             if self._partial_size > self._max:
@@ -118,11 +158,7 @@ class UpstreamWS(WSListener):
                 return
             self._partial.append(frame.get_payload_as_bytes())
             if frame.fin:
-                joined = b"".join(self._partial)
-                size = self._partial_size
-                self._partial.clear()
-                self._partial_size = 0
-                self._deliver(joined.decode() if self._partial_text else joined, size)
+                self._deliver_fragmented()
         elif kind is _PONG:
             self._wake_pingers(None)
         elif kind is _CLOSE:
@@ -132,6 +168,20 @@ class UpstreamWS(WSListener):
                 transport.send_close(frame.get_close_code(), frame.get_close_message())
             self._mark_closed(code, reason)
             transport.disconnect()
+
+    def _deliver_fragmented(self) -> None:
+        joined = b"".join(self._partial)
+        size = self._partial_size
+        self._partial.clear()
+        self._partial_size = 0
+        if self._partial_text:
+            message = _text_message(joined)
+        else:
+            message = joined if _is_utf8(joined) else None
+        if message is None:
+            self._not_utf8(self._partial_text)
+        else:
+            self._deliver(message, size)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         if self._close is None:
@@ -169,6 +219,12 @@ class UpstreamWS(WSListener):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _not_utf8(self, text: bool) -> None:
+        # Never relayed: every message reaches the client as a text frame, which must be
+        # UTF-8. Invalid text breaks the protocol (1007); such binary data is unsupported.
+        kind, code = ("text", CLOSE_INVALID_TEXT) if text else ("binary", CLOSE_UNSUPPORTED)
+        self._fail(UpstreamProtocolError(f"{kind} message is not valid UTF-8"), code)
 
     def _too_big(self) -> None:
         self._fail(MessageTooBig(f"upstream message over {self._max} bytes"), CLOSE_TOO_BIG)
@@ -213,7 +269,8 @@ class UpstreamWS(WSListener):
 
     # -- the lessee's side -------------------------------------------------------------------
     async def recv(self, timeout: float | None = None) -> str | bytes:
-        """Next complete message (str for text frames). Raises UpstreamClosed at the end,
+        """Next complete message: str for an ASCII text message, bytes for any other (valid
+        UTF-8: a message that is not fails the socket). Raises UpstreamClosed at the end,
         MessageTooBig or UpstreamProtocolError for what ended it, TimeoutError when
         ``timeout`` passes first (the socket stays usable)."""
         pending = self._pending
@@ -229,7 +286,7 @@ class UpstreamWS(WSListener):
             finally:
                 self._waiter = None
         message = pending.popleft()
-        self._buffered -= len(message)
+        self._buffered -= _byte_size(message)  # the unit ``_deliver`` added: bytes
         if self._reading_paused and self._buffered < RESUME_BELOW and self._transport:
             self._reading_paused = False
             self._transport.underlying_transport.resume_reading()
@@ -238,7 +295,7 @@ class UpstreamWS(WSListener):
     def push_back(self, message: str | bytes) -> None:
         """Return a message to the front of the queue (the next recv gets it first)."""
         self._pending.appendleft(message)
-        self._buffered += len(message)
+        self._buffered += _byte_size(message)
 
     async def send_text(self, data: str | bytes, timeout: float | None = None) -> None:
         """Send one text frame; waits (up to ``timeout``) only while the socket's write

@@ -60,6 +60,7 @@ class ClientSocket:
         self.closed: int | None = None
         self.fail_sends = False
         self._send = self.send  # the ASGI send a sink writes events to
+        self.scope: dict[str, Any] = {"type": "websocket"}  # no direct writer offered
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.fail_sends:

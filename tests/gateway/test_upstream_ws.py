@@ -32,6 +32,7 @@ from gateway.upstream.ws import (
     HandshakeRejected,
     MessageTooBig,
     UpstreamClosed,
+    UpstreamProtocolError,
     UpstreamWS,
     connect,
     parse_ws_url,
@@ -274,7 +275,8 @@ async def test_text_round_trip(conn: UpstreamWS) -> None:
     got = await conn.recv(timeout=DEADLINE_S)
     assert got == "echo:as-bytes" and isinstance(got, str)
     await conn.send_text("unicode \u00e9\u4e2d")
-    assert await conn.recv(timeout=DEADLINE_S) == "echo:unicode \u00e9\u4e2d"
+    # Text that is not ASCII stays the (checked) UTF-8 bytes: the client gets them as is.
+    assert await conn.recv(timeout=DEADLINE_S) == "echo:unicode \u00e9\u4e2d".encode()
 
 
 async def test_binary_message_is_returned_as_bytes(conn: UpstreamWS) -> None:
@@ -341,8 +343,7 @@ async def test_fragmented_message_over_the_limit_raises(upstream: Upstream) -> N
 
 
 async def test_limit_counts_bytes_not_characters(upstream: Upstream) -> None:
-    # BUG: see report — the limit compares len(str), i.e. characters, so a text message of
-    # 1,500 two-byte characters (3,000 bytes) passes a 2,048-byte max_message_bytes.
+    # 1,500 two-byte characters are 3,000 bytes: over a 2,048-byte max_message_bytes.
     conn = await open_conn(upstream.url, max_bytes=2048)
     await conn.send_text("bigutf8:1500")
     try:
@@ -627,6 +628,14 @@ async def echo(ws: ServerConnection) -> None:
             for _ in range(count):
                 await ws.send("z" * size)
             continue
+        if isinstance(message, str) and message.startswith("cjk:"):
+            count, size = (int(x) for x in message[4:].split(","))
+            for _ in range(count):
+                await ws.send("\u6f22" * size)  # three UTF-8 bytes per character
+            continue
+        if isinstance(message, str) and message.startswith("raw:"):
+            ws.transport.write(bytes.fromhex(message[4:]))  # frames written as given
+            continue
         await ws.send(f"echo:{message}")
 
 
@@ -690,6 +699,70 @@ async def test_reading_pauses_while_the_backlog_is_high_and_resumes_when_drained
     assert underlying.is_reading()
     await conn.send_text("after")
     assert await conn.recv(timeout=DEADLINE_S) == "echo:after"
+    await conn.aclose()
+
+
+async def test_non_ascii_text_leaves_no_backlog_behind(
+    server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each message is 3,000 bytes but 1,000 characters: the backlog must count the same
+    # unit in and out, or it grows by 2,000 per message until reading pauses for good.
+    monkeypatch.setattr(connection, "PAUSE_ABOVE", 10_000)
+    monkeypatch.setattr(connection, "RESUME_BELOW", 2_000)
+    conn = await open_conn(f"ws://127.0.0.1:{server}/")
+    underlying = conn._transport.underlying_transport  # type: ignore[union-attr]
+    expected = "\u6f22" * 1000
+    for _ in range(20):
+        await conn.send_text("cjk:5,1000")
+        for _ in range(5):
+            message = await conn.recv(timeout=DEADLINE_S)
+            assert message == expected.encode() or message == expected
+    assert conn._buffered == 0
+    assert underlying.is_reading()
+    await conn.send_text("cjk:1,1000")
+    conn.push_back(await conn.recv(timeout=DEADLINE_S))
+    assert conn._buffered == 3000
+    await conn.recv(timeout=DEADLINE_S)
+    assert conn._buffered == 0
+    await conn.aclose()
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        "8102c328",  # one text frame: a lead byte followed by a non-continuation byte
+        "0101c3" + "800128",  # the same split over two fragments
+    ],
+)
+async def test_text_that_is_not_utf8_closes_with_1007(server: int, frames: str) -> None:
+    conn = await open_conn(f"ws://127.0.0.1:{server}/")
+    await conn.send_text("raw:810161")  # a good message first
+    assert await conn.recv(timeout=DEADLINE_S) == "a"
+    await conn.send_text(f"raw:{frames}")
+    with pytest.raises(UpstreamProtocolError, match="UTF-8"):
+        await conn.recv(timeout=DEADLINE_S)
+    assert conn.closed and conn.close_info is not None and conn.close_info.code == 1007
+    await conn.aclose()
+
+
+@pytest.mark.parametrize("frames", ["8202fffe", "0201ff" + "8001fe"])
+async def test_binary_that_is_not_utf8_closes_with_1003(server: int, frames: str) -> None:
+    # Every message is relayed to the client as text: binary data that is not UTF-8
+    # cannot be, so it ends the socket instead of reaching the client.
+    conn = await open_conn(f"ws://127.0.0.1:{server}/")
+    await conn.send_text(f"raw:{frames}")
+    with pytest.raises(UpstreamProtocolError, match="UTF-8"):
+        await conn.recv(timeout=DEADLINE_S)
+    assert conn.closed and conn.close_info is not None and conn.close_info.code == 1003
+    await conn.aclose()
+
+
+async def test_fragmented_text_is_checked_whole(server: int) -> None:
+    # A two-byte character split across fragments is valid once the message is whole.
+    conn = await open_conn(f"ws://127.0.0.1:{server}/")
+    await conn.send_text("raw:" + "0101c3" + "8001a9" + "0101" + b"x".hex() + "8001" + b"y".hex())
+    assert await conn.recv(timeout=DEADLINE_S) == "\u00e9".encode()
+    assert await conn.recv(timeout=DEADLINE_S) == "xy"
     await conn.aclose()
 
 
