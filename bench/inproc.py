@@ -157,17 +157,16 @@ async def _control(probe: Probe, server: uvicorn.Server, port: int) -> asyncio.S
 
 def _uvicorn_config(args: argparse.Namespace) -> uvicorn.Config:
     if args.app == "gateway":
-        from gateway.app import build_app
+        from gateway.app import create_app
         from gateway.config import load_config
-        from gateway.logs import setup_logging
         from gateway.server import build_uvicorn_config
 
         cfg = load_config(args.config)
-        setup_logging(cfg.telemetry.log_level, cfg.telemetry.log_format)
-        # The production settings (http, ws impl, limits), with the app object instead
-        # of the factory string, so it lives in this process under our probes.
+        # The production settings (http, ws impl, limits) and the app as its factory
+        # makes it (logging, the ingress patches), as an object instead of the factory
+        # string, so it lives in this process under our probes.
         config = build_uvicorn_config(args.config, "127.0.0.1", args.port, 1)
-        config.app = build_app(cfg)
+        config.app = create_app(cfg)
         config.factory = False
         return config
     from bench.floor_relay import build, uvicorn_kwargs

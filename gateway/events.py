@@ -38,6 +38,27 @@ class _TypePeek(msgspec.Struct):
 
 
 _type_decoder = msgspec.json.Decoder(_TypePeek)
+# Event types seen on every turn, by their bytes: a frame delivered as bytes needs no decode.
+_KNOWN_NAMES: Final = {
+    name.encode(): name
+    for name in (
+        *TERMINAL_TYPES,
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.reasoning_summary_text.delta",
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_part.done",
+        "response.reasoning_summary_text.done",
+    )
+}
 
 
 def event_type(frame: str | bytes) -> str:
@@ -45,12 +66,13 @@ def event_type(frame: str | bytes) -> str:
     if isinstance(frame, str):
         if frame.startswith(_PREFIX):
             end = frame.find('"', 9, 80)
-            if end > 0 and "\\" not in frame[9:end]:
+            if end > 0 and frame.find("\\", 9, end) < 0:
                 return frame[9:end]
     elif frame.startswith(_PREFIX_B):
         end = frame.find(b'"', 9, 80)
-        if end > 0 and b"\\" not in frame[9:end]:
-            return frame[9:end].decode()
+        if end > 0 and frame.find(b"\\", 9, end) < 0:
+            name = frame[9:end]
+            return _KNOWN_NAMES.get(name) or name.decode()
     return _type_decoder.decode(frame).type
 
 
