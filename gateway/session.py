@@ -41,6 +41,23 @@ class ClientSink:
         self.gone = False
         self.closed_code: int | None = None
 
+    def send_nowait(self, frame: str | bytes) -> bool | None:
+        """Write ``frame`` at once when the direct path can (True), or say the client is
+        gone (False); None when ``send`` must be awaited (no direct path, or the socket is
+        paused for writing). A relay loop saves a coroutine per event this way."""
+        if self.gone:
+            return False
+        direct = self._direct
+        if direct is None or not direct.writable.is_set():
+            return None
+        try:
+            if direct.write(frame):
+                return True
+        except Exception:
+            pass  # any failure to write means the client is gone, as in ``send``
+        self.gone = True
+        return False
+
     async def send(self, frame: str | bytes) -> bool:
         """Send ``frame`` as one text frame; False once the client is gone. Bytes must be
         UTF-8 (what UpstreamWS delivers is checked): the direct path writes them as is."""

@@ -214,9 +214,9 @@ class WsAttempt:
         is paid once per relayed event, so the read is inlined (see ``recv_live``)."""
         ws_cfg = self.ctx.cfg.openai_ws
         added = self.ctx.metrics.added_latency.labels(MODE)
-        send = sink.send
+        send, send_nowait = sink.send, sink.send_nowait
         observe = tracker.observe
-        recv = conn.recv
+        recv, recv_nowait = conn.recv, conn.recv_nowait
         perf_counter = time.perf_counter
         silence_s, read_timeout_s = ws_cfg.liveness_interval_s, ws_cfg.read_timeout_s
         wait = first_wait(silence_s, read_timeout_s)
@@ -234,10 +234,17 @@ class WsAttempt:
                 return  # decided by the caller: recover, retry or relay
             if tracker.done:  # a terminal may carry an account error: never the key
                 message = sanitize_upstream_error(message, etype, account_id)
-            if await send(message):
+            sent = send_nowait(message)
+            if sent is None:
+                sent = await send(message)
+            if sent:
                 added.observe(perf_counter() - received)
             if tracker.done:
                 return
+            queued = recv_nowait()
+            if queued is not None:
+                message = queued
+                continue
             try:
                 message = await recv(wait)
             except TimeoutError:

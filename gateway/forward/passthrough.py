@@ -175,15 +175,23 @@ class PassthroughForwarder:
             await conn.send_text(frame, timeout=ws_cfg.write_timeout_s)
             read_timeout = ws_cfg.read_timeout_s
             added = metrics.added_latency.labels(MODE)
-            send = sink.send
+            send, send_nowait = sink.send, sink.send_nowait
+            recv, recv_nowait = conn.recv, conn.recv_nowait
+            observe, perf_counter = tracker.observe, time.perf_counter
             while not tracker.done:
-                message = await conn.recv(timeout=read_timeout)
-                received = time.perf_counter()
-                etype = tracker.observe(message)
+                # A queued message, or wait for one (a coroutine only when waiting).
+                message = recv_nowait()
+                if message is None:
+                    message = await recv(read_timeout)
+                received = perf_counter()
+                etype = observe(message)
                 if tracker.done:
                     message = sanitize_upstream_error(message, etype, account_id)
-                if await send(message):
-                    added.observe(time.perf_counter() - received)
+                sent = send_nowait(message)
+                if sent is None:
+                    sent = await send(message)
+                if sent:
+                    added.observe(perf_counter() - received)
         except TimeoutError:
             self.broken = True
             await self._upstream_lost(sink, None, "upstream went silent")

@@ -285,7 +285,15 @@ class UpstreamWS(WSListener):
                 await waiter
             finally:
                 self._waiter = None
-        message = pending.popleft()
+        return self._take()
+
+    def recv_nowait(self) -> str | bytes | None:
+        """The next complete message if one is already queued, else None (then ``recv``
+        waits for it): a relay loop reads a burst without a coroutine per message."""
+        return self._take() if self._pending else None
+
+    def _take(self) -> str | bytes:
+        message = self._pending.popleft()
         self._buffered -= _byte_size(message)  # the unit ``_deliver`` added: bytes
         if self._reading_paused and self._buffered < RESUME_BELOW and self._transport:
             self._reading_paused = False

@@ -204,6 +204,9 @@ class FakeSocket:
                 self.half_open = step.half_open
                 await asyncio.Event().wait()  # silence: nothing more will come
 
+    def recv_nowait(self) -> str | bytes | None:
+        return self._pending.popleft() if self._pending else None
+
     def push_back(self, message: str | bytes) -> None:
         self._pending.appendleft(message)
 

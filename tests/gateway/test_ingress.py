@@ -226,6 +226,25 @@ async def test_a_disconnect_while_paused_releases_the_send_as_gone() -> None:
         assert sink.gone and rig.transport.take() == b""
 
 
+async def test_send_nowait_writes_at_once_or_says_to_await() -> None:
+    async with accepted() as (rig, sink):
+        assert sink.send_nowait("now") is True
+        assert [f.data for f in rig.frames()] == [b"now"]
+        rig.proto.pause_writing()
+        assert sink.send_nowait("held") is None  # paused: the caller awaits send
+        assert rig.transport.take() == b""
+        rig.proto.resume_writing()
+        rig.proto.connection_lost(None)
+        assert sink.send_nowait("late") is False and sink.gone
+
+
+async def test_send_nowait_defers_to_send_without_a_direct_writer() -> None:
+    async with accepted(deflate=True) as (_rig, sink):
+        assert sink._direct is None
+        assert sink.send_nowait("x") is None
+        assert await sink.send("x")
+
+
 async def test_a_compressed_socket_keeps_the_asgi_path() -> None:
     async with accepted(deflate=True) as (rig, sink):
         assert rig.proto.conn.extensions  # permessage-deflate was negotiated

@@ -702,6 +702,26 @@ async def test_reading_pauses_while_the_backlog_is_high_and_resumes_when_drained
     await conn.aclose()
 
 
+async def test_recv_nowait_takes_only_what_is_already_queued(
+    server: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection, "PAUSE_ABOVE", 10_000)
+    monkeypatch.setattr(connection, "RESUME_BELOW", 2_000)
+    conn = await open_conn(f"ws://127.0.0.1:{server}/")
+    underlying = conn._transport.underlying_transport  # type: ignore[union-attr]
+    assert conn.recv_nowait() is None  # nothing queued: the caller awaits recv instead
+    await conn.send_text("burst:40,1000")
+    await wait_until(lambda: not underlying.is_reading(), "reading to pause")
+    taken = []
+    while len(taken) < 40:
+        message = conn.recv_nowait()
+        taken.append(message if message is not None else await conn.recv(timeout=DEADLINE_S))
+    assert taken == ["z" * 1000] * 40
+    assert conn.recv_nowait() is None and conn._buffered == 0
+    assert underlying.is_reading()  # the backlog drained through recv_nowait resumes reading
+    await conn.aclose()
+
+
 async def test_non_ascii_text_leaves_no_backlog_behind(
     server: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
