@@ -6,6 +6,7 @@
     client -> own-client relay (the floor's ingress on gateway.upstream.ws; full run only)
     client -> gateway passthrough -> simulator
     client -> gateway ctx_pool -> simulator
+    client -> LiteLLM proxy -> simulator (bench/litellm_target.py; when .venv-litellm exists)
 
 The relay under test is pinned to CPU 0; the simulator and the load generator (its own
 process) to CPU 1. Latency per event is measured on the same events: the simulator
@@ -19,6 +20,8 @@ streams; the gateway's own counters), tracemalloc and cProfile in an in-process 
 bench/results/<date>-<commit>.json (full runs; quick runs write bench/results/quick.json,
 untracked), docs/benchmarks.md and the README's numbers block. ``--only SCENARIO`` runs
 one scenario and prints its JSON; ``--stages`` prints the stage breakdown alone.
+BENCH_LITELLM=1 installs LiteLLM (``make bench-litellm-deps``) when it is missing; without
+it the LiteLLM column says "not installed" and the run goes on.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from contextlib import ExitStack
 from importlib import metadata
 from typing import Any
 
+from bench import litellm_target
 from bench.frame_layer import run as frame_layer_run
 from bench.load import Scenario, pin, run_load
 from bench.probes import (
@@ -55,6 +59,7 @@ RESULTS = REPO_ROOT / "bench" / "results"
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 README = REPO_ROOT / "README.md"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+PEER = litellm_target.LABEL
 STARTED = time.monotonic()
 LOAD_AT_START = os.getloadavg()[0]
 
@@ -67,14 +72,18 @@ def scenarios(quick: bool) -> list[Scenario]:
     burst = "burst [[sim deltas=100 delta_bytes=300]]"
     paced = "paced [[sim deltas=50 delta_bytes=300 delay_ms=10]]"
     tool = 'tool [[sim call exec_command {"cmd":"echo ok"}]]'
+    one = "turn [[sim deltas=1 delta_bytes=100]]"
     out = [
         Scenario("burst-c1", 1, 10 * n, burst),
         Scenario("burst-c50", 50, 2 * n, burst),
         Scenario("20KB-c50", 50, 2 * n, "big [[sim deltas=10 delta_bytes=20000]]"),
         Scenario("toolloop-c50", 50, 5 * n, tool, output_bytes=10_000),
         # one 100 B delta per turn: TTFT and the whole turn at 1 socket
-        Scenario("turn-c1", 1, 100 * n, "turn [[sim deltas=1 delta_bytes=100]]", True),
+        Scenario("turn-c1", 1, 100 * n, one, True),
         Scenario("paced-c50", 50, 2 * n, paced, True, stagger_s=0.01),
+        # TTFT at 50 sockets without queueing: one turn every 10 ms in all, each socket one
+        # every 0.5 s, evenly in phase, so a relay handles one turn at a time
+        Scenario("ttft-c50", 50, 6 * (1 + n // 4), one, True, stagger_s=0.5, period_s=0.5),
         Scenario("paced-c200", 200, 2 * n, paced, True, stagger_s=0.01),
     ]
     if not quick:
@@ -117,10 +126,15 @@ def summarize(raw: dict[str, Any], cpu: float | None, sim_cpu: float) -> dict[st
 
 
 def measure(
-    url: str, headers: dict[str, str], pid: int | None, sim_pid: int, sc: Scenario
+    url: str,
+    headers: dict[str, str],
+    pid: int | None,
+    sim_pid: int,
+    sc: Scenario,
+    timeout_s: float = 900,
 ) -> dict[str, Any]:
     before, sim_before = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(sim_pid)
-    raw = run_load(url, headers, sc)
+    raw = run_load(url, headers, sc, timeout_s)
     cpu = cpu_seconds(pid) - before if pid else None
     return summarize(raw, cpu, cpu_seconds(sim_pid) - sim_before)
 
@@ -167,12 +181,17 @@ def _start_relay(module: str, stack: ExitStack, upstream: str) -> tuple[str, int
 
 
 def run(quick: bool, only: set[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {"scenarios": {}, "quick": quick}
+    peer = litellm_target.prepare(install=os.environ.get("BENCH_LITELLM") == "1")
+    results: dict[str, Any] = {"scenarios": {}, "quick": quick, "litellm": peer}
     with ExitStack() as stack:
         sim = stack.enter_context(run_sim("--timestamps"))
         assert sim.proc.proc is not None
         sim_pid = sim.proc.proc.pid
         pin(sim_pid, LOAD_CPU)
+        # LiteLLM's start takes tens of seconds: begun first, waited for last
+        litellm = litellm_target.start(sim.base_url) if peer["status"] == "installed" else None
+        if litellm is not None:
+            stack.callback(litellm.proc.stop)
         direct_url = f"ws://127.0.0.1:{sim.port}/v1/responses"
         floor_url, floor_pid = _start_relay("bench.floor_relay", stack, direct_url)
         configs: list[tuple[str, str, dict[str, str], int | None]] = [
@@ -186,6 +205,13 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             gw = stack.enter_context(run_gateway(bench_gateway_config(sim, mode)))
             assert gw.proc.proc is not None
             configs.append((mode, gw.ws_url, auth_headers(), gw.proc.proc.pid))
+        if litellm is not None:
+            try:
+                configs.append((PEER, litellm.url, litellm.headers, litellm.ready()))
+                peer["status"] = "measured"
+            except (RuntimeError, TimeoutError) as exc:
+                peer["status"] = f"failed to start: {exc}"
+                peer["log_tail"] = litellm.proc.output()[-2000:]
         for _, _, _, pid in configs:
             if pid:
                 pin(pid, RELAY_CPU)
@@ -195,7 +221,13 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             row: dict[str, Any] = {}
             for label, url, headers, pid in configs:
                 sim.control.reset()
-                row[label] = measure(url, headers, pid, sim_pid, sc)
+                if label != PEER:
+                    row[label] = measure(url, headers, pid, sim_pid, sc)
+                    continue
+                try:  # the peer's trouble is reported, never the end of the run
+                    row[label] = measure(url, headers, pid, sim_pid, sc, timeout_s=300)
+                except RuntimeError as exc:
+                    peer.setdefault("scenario_errors", {})[sc.name] = str(exc)
             add_relative(row)
             results["scenarios"][sc.name] = row
             progress(sc.name)
