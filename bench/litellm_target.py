@@ -7,12 +7,12 @@ in the product venv and starts the process half with that venv's interpreter:
     .venv-litellm/bin/python -m bench.litellm_target --port P --upstream http://127.0.0.1:S/v1
 
 The process half imports nothing but the standard library and LiteLLM. It writes a proxy
-config with one model, ``bench`` -> ``openai/bench`` at the simulator, and starts the proxy
-the way its ``litellm`` command does (uvicorn + uvloop, one worker). The config is its
-fastest honest one: no database (so no spend tracking or spend logs), no callbacks or
-success/failure loggers, message logging off, log level ERROR (no access log), the
-bundled model cost map (no fetch at start). The proxy refuses to start without a master
-key, so the run uses a random one, checked once per socket at the handshake.
+config (``proxy_config``) and starts the proxy the way its ``litellm`` command does
+(uvicorn + uvloop, one worker). The config is its fastest honest one: no database (so no
+spend tracking or spend logs), no callbacks or success/failure loggers, message logging
+off, log level ERROR (no access log), the bundled model cost map (no fetch at start). The
+proxy refuses to start without a master key, so the run uses a random one, checked once
+per socket at the handshake.
 
 Clients reach it on ``/v1/responses`` over WebSocket, LiteLLM's Responses WebSocket mode:
 it reads the model from the first ``response.create``, dials the provider's
@@ -45,24 +45,14 @@ MODEL = "bench"
 LABEL = "LiteLLM"  # its column in the report
 # What a client sees on its first response.create when the shim is left out.
 UNPATCHED_ERROR = (
-    "close 1011 (internal error) Internal server error: ssl argument is incompatible with a"
-    " ws:// URI"
+    'close 1011, reason "Internal server error: ssl argument is incompatible with a ws:// URI"'
 )
 SHIM = (
     "the upstream dial's ssl argument is None for the ws:// simulator (as shipped it passes an"
     " ssl context, which the websockets client refuses for ws://); once per upstream dial"
 )
-SETTINGS = {
-    "litellm_settings": (
-        "callbacks: [], success_callback: [], failure_callback: [],"
-        " turn_off_message_logging: true, set_verbose: false, json_logs: false"
-    ),
-    "general_settings": (
-        "no database_url, disable_spend_logs: true, disable_error_logs: true, master_key (random)"
-    ),
-    "environment": "LITELLM_LOG=ERROR, LITELLM_LOCAL_MODEL_COST_MAP=True",
-    "server": "litellm's own start: uvicorn, uvloop, 1 worker",
-}
+# Its environment: log level ERROR (no access log), the bundled cost map (no fetch at start).
+ENV = {"LITELLM_LOG": "ERROR", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
 
 
 def python() -> Path:
@@ -87,7 +77,7 @@ def version() -> str | None:
 def prepare(install: bool) -> dict[str, Any]:
     """What the report says about the LiteLLM column before anything runs. ``install``
     (BENCH_LITELLM=1) runs ``make bench-litellm-deps`` first when the venv is missing."""
-    info: dict[str, Any] = {"settings": SETTINGS, "shim": SHIM}
+    info: dict[str, Any] = {"settings": settings(), "shim": SHIM}
     if not installed() and install:
         subprocess.run(["make", "-s", "bench-litellm-deps"], cwd=REPO_ROOT, check=False)
     info["version"] = version()
@@ -140,9 +130,10 @@ def command(port: int, upstream_base: str) -> list[str]:
     ]
 
 
-def config_text(upstream_base: str, master_key: str) -> str:
-    """The proxy's YAML (JSON is YAML): one model routed to the simulator."""
-    config = {
+def proxy_config(upstream_base: str, master_key: str) -> dict[str, Any]:
+    """One model, ``bench`` -> ``openai/bench`` at the simulator; no database (so no spend
+    tracking), no callbacks, no message or spend or error logs."""
+    return {
         "model_list": [
             {
                 "model_name": MODEL,
@@ -167,7 +158,17 @@ def config_text(upstream_base: str, master_key: str) -> str:
             "disable_error_logs": True,
         },
     }
-    return json.dumps(config, indent=2)
+
+
+def settings() -> dict[str, str]:
+    """The config the report describes: the one ``main`` writes, the key left out."""
+    config = proxy_config("http://simulator/v1", "(random)")
+    return {
+        "litellm_settings": f"`{json.dumps(config['litellm_settings'])}`",
+        "general_settings": f"`{json.dumps(config['general_settings'])}`, no `database_url`",
+        "environment": f"`{json.dumps(ENV)}`",
+        "server": "the `litellm` command's own start (uvicorn, uvloop, 1 worker)",
+    }
 
 
 def _plain_ws_shim() -> None:
@@ -185,18 +186,17 @@ def main() -> None:
     parser.add_argument("--unpatched", action="store_true", help="leave the ws:// dial as shipped")
     args = parser.parse_args()
     key = args.master_key or f"sk-{secrets.token_hex(32)}"
-    os.environ.update(
-        LITELLM_LOG="ERROR", LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_MASTER_KEY=key
-    )
-    workdir = tempfile.mkdtemp(prefix="bench-litellm-")
-    config = Path(workdir) / "config.yaml"
-    config.write_text(config_text(args.upstream, key))
+    os.environ.update(ENV, LITELLM_MASTER_KEY=key)
     if not args.unpatched:
         _plain_ws_shim()
     from litellm.proxy.proxy_cli import run_server  # type: ignore[import-not-found]
 
-    sys.argv = ["litellm", "--config", str(config), "--host", "127.0.0.1", "--port", str(args.port)]
-    run_server()
+    with tempfile.TemporaryDirectory(prefix="bench-litellm-") as workdir:
+        config = Path(workdir) / "config.yaml"  # JSON is YAML
+        config.write_text(json.dumps(proxy_config(args.upstream, key), indent=2))
+        host, port = "127.0.0.1", str(args.port)
+        sys.argv = ["litellm", "--config", str(config), "--host", host, "--port", port]
+        run_server()
 
 
 if __name__ == "__main__":

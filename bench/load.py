@@ -131,7 +131,8 @@ async def _turns(
             if '"response.completed"' in frame[:44]:
                 out["turns"] += 1
                 out["turn"].append(now - sent)
-                if '"type":"function_call"' in frame:  # continue the tool loop once
+                if '"type":"function_call"' in frame or '"type": "function_call"' in frame:
+                    # continue the tool loop once
                     done = json.loads(frame)["response"]
                     call = next(i for i in done["output"] if i["type"] == "function_call")
                     payload = json.dumps(
