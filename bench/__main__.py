@@ -52,7 +52,7 @@ from bench.probes import (
     stage_breakdown,
 )
 from bench.report import CPU_ROWS, TTFT_ROWS, markdown, readme_block
-from tests.e2e.harness import auth_headers, run_gateway, run_sim
+from tests.e2e.harness import SimProcess, auth_headers, run_gateway, run_sim
 from tests.support import REPO_ROOT, ManagedProcess, free_port, python_module
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -84,9 +84,10 @@ def scenarios(quick: bool) -> list[Scenario]:
         # one 100 B delta per turn: TTFT and the whole turn at 1 socket
         Scenario("turn-c1", 1, 100 * n, one, True),
         Scenario("paced-c50", 50, 2 * n, paced, True, stagger_s=0.01),
-        # TTFT at 50 sockets without queueing: one turn every 10 ms in all, each socket one
-        # every 0.5 s, evenly in phase, so a relay handles one turn at a time
-        Scenario("ttft-c50", 50, 6 * (1 + n // 4), one, True, stagger_s=0.5, period_s=0.5),
+        # TTFT at 50 sockets without queueing: each socket starts a turn every second,
+        # evenly in phase (one turn every 20 ms in all), so a relay handles one turn at a
+        # time; 200 turns measured (400 in full runs)
+        Scenario("ttft-c50", 50, 4 * (1 + n // 4), one, True, stagger_s=1.0, period_s=1.0),
         Scenario("paced-c200", 200, 2 * n, paced, True, stagger_s=0.01),
     ]
     if not quick:
@@ -183,21 +184,55 @@ def _start_relay(module: str, stack: ExitStack, upstream: str) -> tuple[str, int
     return f"ws://127.0.0.1:{port}/v1/responses", proc.proc.pid
 
 
+Config = tuple[str, str, dict[str, str], int | None]  # label, url, headers, relay pid
+
+
+def scenario_row(
+    sc: Scenario, configs: list[Config], sim: SimProcess, peer: dict[str, Any]
+) -> dict[str, Any]:
+    """One scenario through every relay; LiteLLM's failure is noted in ``peer``, never
+    the end of the run."""
+    assert sim.proc.proc is not None
+    row: dict[str, Any] = {}
+    for label, url, headers, pid in configs:
+        sim.control.reset()
+        if label != PEER:
+            row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc)
+        elif sc.name in PEER_SCENARIOS:
+            try:
+                row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc, timeout_s=300)
+            except RuntimeError as exc:
+                peer.setdefault("scenario_errors", {})[sc.name] = str(exc)
+    add_relative(row)
+    return row
+
+
+def peer_ready(litellm: litellm_target.Peer, peer: dict[str, Any]) -> Config | None:
+    """LiteLLM's row of relays once it listens; None (and why, in ``peer``) if it never does."""
+    try:
+        pid = litellm.ready()
+    except (RuntimeError, TimeoutError) as exc:
+        peer["status"] = f"failed to start: {exc}"
+        peer["log_tail"] = litellm.proc.output()[-2000:]
+        return None
+    peer["status"] = "measured"
+    return (PEER, litellm.url, litellm.headers, pid)
+
+
 def run(quick: bool, only: set[str]) -> dict[str, Any]:
     peer = litellm_target.prepare(install=os.environ.get("BENCH_LITELLM") == "1")
     results: dict[str, Any] = {"scenarios": {}, "quick": quick, "litellm": peer}
     with ExitStack() as stack:
         sim = stack.enter_context(run_sim("--timestamps"))
         assert sim.proc.proc is not None
-        sim_pid = sim.proc.proc.pid
-        pin(sim_pid, LOAD_CPU)
+        pin(sim.proc.proc.pid, LOAD_CPU)
         # LiteLLM's start takes tens of seconds: begun first, waited for last
         litellm = litellm_target.start(sim.base_url) if peer["status"] == "installed" else None
         if litellm is not None:
             stack.callback(litellm.proc.stop)
         direct_url = f"ws://127.0.0.1:{sim.port}/v1/responses"
         floor_url, floor_pid = _start_relay("bench.floor_relay", stack, direct_url)
-        configs: list[tuple[str, str, dict[str, str], int | None]] = [
+        configs: list[Config] = [
             ("direct", direct_url, {"Authorization": "Bearer sk-sim-a"}, None),
             ("floor", floor_url, {}, floor_pid),
         ]
@@ -208,33 +243,15 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             gw = stack.enter_context(run_gateway(bench_gateway_config(sim, mode)))
             assert gw.proc.proc is not None
             configs.append((mode, gw.ws_url, auth_headers(), gw.proc.proc.pid))
-        if litellm is not None:
-            try:
-                configs.append((PEER, litellm.url, litellm.headers, litellm.ready()))
-                peer["status"] = "measured"
-            except (RuntimeError, TimeoutError) as exc:
-                peer["status"] = f"failed to start: {exc}"
-                peer["log_tail"] = litellm.proc.output()[-2000:]
+        if litellm is not None and (ready := peer_ready(litellm, peer)) is not None:
+            configs.append(ready)
         for _, _, _, pid in configs:
             if pid:
                 pin(pid, RELAY_CPU)
         for sc in scenarios(quick):
             if only and sc.name not in only:
                 continue
-            row: dict[str, Any] = {}
-            for label, url, headers, pid in configs:
-                sim.control.reset()
-                if label != PEER:
-                    row[label] = measure(url, headers, pid, sim_pid, sc)
-                    continue
-                if sc.name not in PEER_SCENARIOS:
-                    continue
-                try:  # the peer's trouble is reported, never the end of the run
-                    row[label] = measure(url, headers, pid, sim_pid, sc, timeout_s=300)
-                except RuntimeError as exc:
-                    peer.setdefault("scenario_errors", {})[sc.name] = str(exc)
-            add_relative(row)
-            results["scenarios"][sc.name] = row
+            results["scenarios"][sc.name] = scenario_row(sc, configs, sim, peer)
             progress(sc.name)
         if only:
             return results

@@ -236,9 +236,10 @@ def _ahead_of_peer(data: dict[str, Any]) -> str:
     cells = []
     for m in GATEWAY_MODES:
         ratios = [
-            (dig(sc, name, m, "cpu_us_per_event") or 0.0) / peer
+            ours / peer
             for name in rows
             if (peer := dig(sc, name, PEER, "cpu_us_per_event"))
+            and (ours := dig(sc, name, m, "cpu_us_per_event")) is not None
         ]
         if not ratios:
             cells.append(f"n/a ({_missing(data, PEER)})")
@@ -315,9 +316,9 @@ def markdown(data: dict[str, Any]) -> str:
         " events (slightly negative = noise). TTFT = first event minus the client's send of"
         " `response.create`. Paced scenarios: every socket warmed, then streams of 300 B"
         " deltas 10 ms apart, staggered evenly in phase. `ttft-c50`: 50 warm sockets, each"
-        " starting a one-delta turn every 0.5 s on a fixed schedule, evenly in phase (one"
-        " turn every 10 ms in all), so a relay mostly handles one turn at a time and its"
-        " TTFT is its own, not queueing behind the other sockets.",
+        " starting a one-delta turn every second on a fixed schedule, evenly in phase (one"
+        " turn every 20 ms in all), so a relay mostly handles one turn at a time and its"
+        " TTFT is its own, not queueing behind the other sockets' turns.",
         "",
         peer_method(data),
         "",
