@@ -21,7 +21,10 @@ def peer_method(data: dict[str, Any], short: bool = False) -> str:
             " (or run the bench with BENCH_LITELLM=1)"
         )
     if short:
-        return f"LiteLLM {version}, logging, callbacks, database and spend tracking off"
+        return (
+            f"LiteLLM {version}: logging, callbacks, database and spend tracking off; one shim"
+            " lets it dial the simulator's ws:// at all, see the method in the docs"
+        )
     settings = peer.get("settings", {})
     return (
         f"**LiteLLM** {version}'s proxy (`bench/litellm_target.py`, in a venv of its own,"
