@@ -17,7 +17,7 @@ per socket at the handshake.
 Clients reach it on ``/v1/responses`` over WebSocket, LiteLLM's Responses WebSocket mode:
 it reads the model from the first ``response.create``, dials the provider's
 ``/v1/responses?model=...`` over WebSocket and forwards frames both ways, decoding each
-event (response ids are re-encoded, usage is collected).
+event (it re-encodes the response ids it passes on).
 
 As shipped, that upstream dial passes an ``ssl`` context even for a ``ws://`` URL, which
 the ``websockets`` client rejects, so LiteLLM cannot reach a plain-WebSocket upstream (the
