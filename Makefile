@@ -13,7 +13,7 @@ SIM_PORT ?= 9090
 MIN_VENV := .venv-min
 MIN_TESTS ?= tests/gateway tests/normalizer tests/pool tests/statestore tests/deploy tests/e2e/test_ctx_pool.py tests/e2e/test_passthrough.py tests/e2e/test_operability.py
 
-.PHONY: run test test-min lint fmt typecheck pytest sim system-deps venv bench bench-quick cluster codex-deps clean check-config
+.PHONY: run test test-min lint fmt typecheck pytest sim system-deps venv bench bench-quick bench-litellm-deps cluster codex-deps clean check-config
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,16 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
+
+## bench-litellm-deps: LiteLLM's proxy, the bench's peer column, in a venv of its own so the
+## product's dependencies stay as they are (`make bench` measures it when the venv exists;
+## BENCH_LITELLM=1 makes it install it first).
+LITELLM_VENV := .venv-litellm
+LITELLM_PACKAGE ?= litellm[proxy]==1.106.2
+bench-litellm-deps:
+	@test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install -q '$(LITELLM_PACKAGE)'
 
 cluster: $(STAMP) system-deps
 	bash deploy/local-cluster.sh

@@ -6,6 +6,7 @@
     client -> own-client relay (the floor's ingress on gateway.upstream.ws; full run only)
     client -> gateway passthrough -> simulator
     client -> gateway ctx_pool -> simulator
+    client -> LiteLLM proxy -> simulator (bench/litellm_target.py; when .venv-litellm exists)
 
 The relay under test is pinned to CPU 0; the simulator and the load generator (its own
 process) to CPU 1. Latency per event is measured on the same events: the simulator
@@ -19,6 +20,8 @@ streams; the gateway's own counters), tracemalloc and cProfile in an in-process 
 bench/results/<date>-<commit>.json (full runs; quick runs write bench/results/quick.json,
 untracked), docs/benchmarks.md and the README's numbers block. ``--only SCENARIO`` runs
 one scenario and prints its JSON; ``--stages`` prints the stage breakdown alone.
+BENCH_LITELLM=1 installs LiteLLM (``make bench-litellm-deps``) when it is missing; without
+it the LiteLLM column says "not installed" and the run goes on.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from contextlib import ExitStack
 from importlib import metadata
 from typing import Any
 
+from bench import litellm_target
 from bench.frame_layer import run as frame_layer_run
 from bench.load import Scenario, pin, run_load
 from bench.probes import (
@@ -47,14 +51,18 @@ from bench.probes import (
     fault_run,
     stage_breakdown,
 )
-from bench.report import markdown, readme_block
-from tests.e2e.harness import auth_headers, run_gateway, run_sim
+from bench.report import CPU_ROWS, TTFT_ROWS, markdown, readme_block
+from tests.e2e.harness import SimProcess, auth_headers, run_gateway, run_sim
 from tests.support import REPO_ROOT, ManagedProcess, free_port, python_module
 
 RESULTS = REPO_ROOT / "bench" / "results"
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 README = REPO_ROOT / "README.md"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+PEER = litellm_target.LABEL
+# LiteLLM runs what the summary tables show: not paced-c1000, whose thousand LiteLLM
+# session set-ups would lengthen the run for a row no summary table has
+PEER_SCENARIOS = frozenset(name for name, _ in CPU_ROWS + TTFT_ROWS)
 STARTED = time.monotonic()
 LOAD_AT_START = os.getloadavg()[0]
 
@@ -67,14 +75,19 @@ def scenarios(quick: bool) -> list[Scenario]:
     burst = "burst [[sim deltas=100 delta_bytes=300]]"
     paced = "paced [[sim deltas=50 delta_bytes=300 delay_ms=10]]"
     tool = 'tool [[sim call exec_command {"cmd":"echo ok"}]]'
+    one = "turn [[sim deltas=1 delta_bytes=100]]"
     out = [
         Scenario("burst-c1", 1, 10 * n, burst),
         Scenario("burst-c50", 50, 2 * n, burst),
         Scenario("20KB-c50", 50, 2 * n, "big [[sim deltas=10 delta_bytes=20000]]"),
         Scenario("toolloop-c50", 50, 5 * n, tool, output_bytes=10_000),
         # one 100 B delta per turn: TTFT and the whole turn at 1 socket
-        Scenario("turn-c1", 1, 100 * n, "turn [[sim deltas=1 delta_bytes=100]]", True),
+        Scenario("turn-c1", 1, 100 * n, one, True),
         Scenario("paced-c50", 50, 2 * n, paced, True, stagger_s=0.01),
+        # TTFT at 50 sockets without queueing: each socket starts a turn every second,
+        # evenly in phase (one turn every 20 ms in all), so a relay handles one turn at a
+        # time; 200 turns measured (300 in full runs)
+        Scenario("ttft-c50", 50, 4 + n // 2, one, True, stagger_s=1.0, period_s=1.0),
         Scenario("paced-c200", 200, 2 * n, paced, True, stagger_s=0.01),
     ]
     if not quick:
@@ -117,10 +130,15 @@ def summarize(raw: dict[str, Any], cpu: float | None, sim_cpu: float) -> dict[st
 
 
 def measure(
-    url: str, headers: dict[str, str], pid: int | None, sim_pid: int, sc: Scenario
+    url: str,
+    headers: dict[str, str],
+    pid: int | None,
+    sim_pid: int,
+    sc: Scenario,
+    timeout_s: float = 900,
 ) -> dict[str, Any]:
     before, sim_before = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(sim_pid)
-    raw = run_load(url, headers, sc)
+    raw = run_load(url, headers, sc, timeout_s)
     cpu = cpu_seconds(pid) - before if pid else None
     return summarize(raw, cpu, cpu_seconds(sim_pid) - sim_before)
 
@@ -166,16 +184,75 @@ def _start_relay(module: str, stack: ExitStack, upstream: str) -> tuple[str, int
     return f"ws://127.0.0.1:{port}/v1/responses", proc.proc.pid
 
 
+Config = tuple[str, str, dict[str, str], int | None]  # label, url, headers, relay pid
+
+
+def scenario_row(
+    sc: Scenario, configs: list[Config], sim: SimProcess, peer: dict[str, Any]
+) -> dict[str, Any]:
+    """One scenario through every relay; LiteLLM's failure is noted in ``peer``, never
+    the end of the run."""
+    assert sim.proc.proc is not None
+    row: dict[str, Any] = {}
+    for label, url, headers, pid in configs:
+        sim.control.reset()
+        if label != PEER:
+            row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc)
+        elif sc.name in PEER_SCENARIOS:
+            try:
+                row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc, timeout_s=300)
+            except RuntimeError as exc:
+                peer.setdefault("scenario_errors", {})[sc.name] = str(exc)
+    add_relative(row)
+    return row
+
+
+def warm_up(url: str, headers: dict[str, str]) -> None:
+    """One unmeasured turn per relay before any scenario, so none of them bills its
+    first-request work (LiteLLM sets up lazily) to the first scenario."""
+    from websockets.sync.client import connect
+
+    text = {"type": "input_text", "text": "warm [[sim deltas=1]]"}
+    create = {
+        "type": "response.create",
+        "model": "bench",
+        "store": False,
+        "input": [{"type": "message", "role": "user", "content": [text]}],
+    }
+    with connect(url, additional_headers=headers, open_timeout=30) as ws:
+        ws.send(json.dumps(create))
+        while True:  # to the terminal event, whatever it is
+            head = str(ws.recv(timeout=60))[:44]
+            if '"response.completed"' in head or '"error"' in head:
+                break
+
+
+def peer_ready(litellm: litellm_target.Peer, peer: dict[str, Any]) -> Config | None:
+    """LiteLLM's row of relays once it listens; None (and why, in ``peer``) if it never does."""
+    try:
+        pid = litellm.ready()
+    except (RuntimeError, TimeoutError) as exc:
+        peer["status"] = f"failed to start: {exc}"
+        peer["log_tail"] = litellm.proc.output()[-2000:]
+        return None
+    peer["status"] = "measured"
+    return (PEER, litellm.url, litellm.headers, pid)
+
+
 def run(quick: bool, only: set[str]) -> dict[str, Any]:
-    results: dict[str, Any] = {"scenarios": {}, "quick": quick}
+    peer = litellm_target.prepare(install=os.environ.get("BENCH_LITELLM") == "1")
+    results: dict[str, Any] = {"scenarios": {}, "quick": quick, "litellm": peer}
     with ExitStack() as stack:
         sim = stack.enter_context(run_sim("--timestamps"))
         assert sim.proc.proc is not None
-        sim_pid = sim.proc.proc.pid
-        pin(sim_pid, LOAD_CPU)
+        pin(sim.proc.proc.pid, LOAD_CPU)
+        # LiteLLM's start takes tens of seconds: begun first, waited for last
+        litellm = litellm_target.start(sim.base_url) if peer["status"] == "installed" else None
+        if litellm is not None:
+            stack.callback(litellm.proc.stop)
         direct_url = f"ws://127.0.0.1:{sim.port}/v1/responses"
         floor_url, floor_pid = _start_relay("bench.floor_relay", stack, direct_url)
-        configs: list[tuple[str, str, dict[str, str], int | None]] = [
+        configs: list[Config] = [
             ("direct", direct_url, {"Authorization": "Bearer sk-sim-a"}, None),
             ("floor", floor_url, {}, floor_pid),
         ]
@@ -186,18 +263,16 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
             gw = stack.enter_context(run_gateway(bench_gateway_config(sim, mode)))
             assert gw.proc.proc is not None
             configs.append((mode, gw.ws_url, auth_headers(), gw.proc.proc.pid))
-        for _, _, _, pid in configs:
+        if litellm is not None and (ready := peer_ready(litellm, peer)) is not None:
+            configs.append(ready)
+        for _, url, headers, pid in configs:
             if pid:
                 pin(pid, RELAY_CPU)
+            warm_up(url, headers)
         for sc in scenarios(quick):
             if only and sc.name not in only:
                 continue
-            row: dict[str, Any] = {}
-            for label, url, headers, pid in configs:
-                sim.control.reset()
-                row[label] = measure(url, headers, pid, sim_pid, sc)
-            add_relative(row)
-            results["scenarios"][sc.name] = row
+            results["scenarios"][sc.name] = scenario_row(sc, configs, sim, peer)
             progress(sc.name)
         if only:
             return results

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from bench.litellm_target import LABEL as PEER
+
 
 @dataclass(frozen=True)
 class Tolerance:
@@ -58,13 +60,13 @@ def figures(result: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
     """(name, kind, value) for every comparable figure in a result file."""
     for scenario, row in result.get("scenarios", {}).items():
         for path, data in row.items():
-            if path == "direct":
+            if path in ("direct", PEER):  # the baseline and the peer are not ours to gate
                 continue
             prefix = f"{scenario}/{path}"
             if (v := _num(data.get("cpu_us_per_event"))) is not None:
                 yield f"{prefix}/cpu_us_per_event", "cpu", v
             # latency only where the relays are not saturated
-            if scenario.startswith(("paced", "turn")):
+            if scenario.startswith(("paced", "turn", "ttft")):
                 for q in ("p50", "p99"):
                     if (v := _num(data.get("added_ms", {}).get(q))) is not None:
                         yield f"{prefix}/added_{q}_ms", "latency", v

@@ -25,6 +25,10 @@ class Scenario:
     stagger_s: float = 0.0
     # Tool loops: bytes of the function_call_output sent back in the continuation.
     output_bytes: int = 2
+    # >0: open loop, each socket starts a turn every period_s (think time fills the rest),
+    # so with stagger_s = period_s the turns of all sockets are spread evenly in time and
+    # a relay sees one at a time: TTFT without queueing behind other sockets' turns.
+    period_s: float = 0.0
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -82,12 +86,19 @@ async def _socket(
             await _turns(ws, 1, "warm [[sim deltas=1]]", scratch, 2)
             await barrier.wait()
             await asyncio.sleep(start_delay)
-        await _turns(ws, turns, sc.prompt, out, sc.output_bytes)
+        await _turns(ws, turns, sc.prompt, out, sc.output_bytes, sc.period_s)
 
 
-async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any], output_bytes: int) -> None:
+async def _turns(
+    ws: Any, turns: int, prompt: str, out: dict[str, Any], output_bytes: int, period_s: float = 0.0
+) -> None:
     output = "ok".ljust(output_bytes, "x")
-    for _ in range(turns):
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for turn in range(turns):
+        if period_s and turn:
+            next_at += period_s  # a fixed schedule: a slow turn does not shift the later ones
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
         payload = json.dumps(
             {
                 "type": "response.create",
@@ -116,10 +127,12 @@ async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any], output_b
                 out["ttft"].append(now - sent)
                 first = False
             out["events"] += 1
-            if '"type":"response.completed"' in frame[:40]:
+            # the type comes first; LiteLLM re-serializes with a space after the colon
+            if '"response.completed"' in frame[:44]:
                 out["turns"] += 1
                 out["turn"].append(now - sent)
-                if '"type":"function_call"' in frame:  # continue the tool loop once
+                if '"type":"function_call"' in frame or '"type": "function_call"' in frame:
+                    # continue the tool loop once
                     done = json.loads(frame)["response"]
                     call = next(i for i in done["output"] if i["type"] == "function_call")
                     payload = json.dumps(
@@ -142,7 +155,7 @@ async def _turns(ws: Any, turns: int, prompt: str, out: dict[str, Any], output_b
                     first = True
                     continue
                 break
-            if frame.startswith('{"type":"error"'):
+            if frame.startswith(('{"type":"error"', '{"type": "error"')):
                 out["errors"] += 1
                 break
 
@@ -188,18 +201,23 @@ def _load_process(args: tuple[str, dict[str, str], Scenario], queue: Any) -> Non
     queue.put(uvloop.run(_load(*args)))
 
 
-def run_load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, Any]:
+def run_load(
+    url: str, headers: dict[str, str], sc: Scenario, timeout_s: float = 900
+) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_load_process, args=((url, headers, sc), queue))
     proc.start()
-    deadline = time.monotonic() + 900
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             result: dict[str, Any] = queue.get(timeout=1)
             break
         except Exception:
             if not proc.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"load generator died (exit {proc.exitcode})") from None
+                what = f"timed out after {timeout_s:.0f} s" if proc.is_alive() else "died"
+                proc.kill()  # a relay that stalls a turn must not leave its clients behind
+                proc.join(timeout=10)
+                raise RuntimeError(f"load generator {what} (exit {proc.exitcode})") from None
     proc.join(timeout=30)
     return result

@@ -8,9 +8,17 @@ from __future__ import annotations
 from typing import Any
 
 from bench.formatting import dig, fmt
-from bench.report_detail import alloc_and_profile, faults_table, pool_table, scenario_tables
+from bench.litellm_target import LABEL as PEER
+from bench.report_detail import (
+    alloc_and_profile,
+    faults_table,
+    peer_method,
+    peer_notes,
+    pool_table,
+    scenario_tables,
+)
 
-RELAYS = ("floor", "own-client relay", "passthrough", "ctx_pool")
+RELAYS = ("floor", "own-client relay", "passthrough", "ctx_pool", PEER)
 GATEWAY_MODES = ("passthrough", "ctx_pool")
 CPU_ROWS = (
     ("burst-c1", "1 socket, 100 x 300 B bursts"),
@@ -21,7 +29,11 @@ CPU_ROWS = (
     ("paced-c200", "200 sockets paced (300 B, 10 ms apart)"),
     ("turn-c1", "1 socket, one 100 B delta per turn"),
 )
-TTFT_ROWS = (("turn-c1", "1 socket"), ("paced-c50", "50 sockets"), ("paced-c200", "200 sockets"))
+TTFT_ROWS = (
+    ("turn-c1", "1 socket"),
+    ("ttft-c50", "50 sockets"),
+    ("paced-c200", "200 sockets"),
+)
 STAGE_LABELS = {
     "decode": "frame → request decoded",
     "lookup": "state lookup",
@@ -53,8 +65,27 @@ def _verdict(value: float | None, limit: float, higher_is_better: bool = False) 
 
 
 def _relays(data: dict[str, Any]) -> list[str]:
-    seen = {label for row in data["scenarios"].values() for label in row}
+    """The relays measured, and LiteLLM's column always (it says why it has no figures)."""
+    seen = {label for row in data["scenarios"].values() for label in row} | {PEER}
     return [r for r in RELAYS if r in seen]
+
+
+def _missing(data: dict[str, Any], relay: str) -> str:
+    """What a cell without a figure says: for LiteLLM, why it was not measured."""
+    if relay != PEER:
+        return "-"
+    status = dig(data, "litellm", "status")
+    if status is None:
+        return "not run"
+    if status == "measured":
+        return "failed"  # started, but this scenario did not finish (see the notes)
+    return "failed to start" if status.startswith("failed") else status
+
+
+def _cell(data: dict[str, Any], name: str, relay: str, *keys: str, digits: int = 2) -> str:
+    if relay not in data["scenarios"][name]:
+        return _missing(data, relay)
+    return fmt(dig(data["scenarios"][name], relay, *keys), digits)
 
 
 def cpu_table(data: dict[str, Any]) -> list[str]:
@@ -72,7 +103,7 @@ def cpu_table(data: dict[str, Any]) -> list[str]:
         for r in others:
             ratio = dig(sc, name, r, "x_floor", "cpu_us_per_event")
             mark = "" if ratio is None or r not in GATEWAY_MODES or ratio <= 1.2 else " ✗"
-            cells.append(fmt(ratio) + mark)
+            cells.append(_cell(data, name, r, "x_floor", "cpu_us_per_event") + mark)
         floor = fmt(dig(sc, name, "floor", "cpu_us_per_event"), 1)
         lines.append(f"| {what} (`{name}`) | {floor} | " + " | ".join(cells) + " |")
     return lines
@@ -90,13 +121,15 @@ def ttft_table(data: dict[str, Any]) -> list[str]:
         if name in sc:
             lines.append(
                 f"| TTFT, {what} (`{name}`) | "
-                + " | ".join(fmt(dig(sc, name, r, "ttft_added_ms", "p50"), 3) for r in relays)
+                + " | ".join(_cell(data, name, r, "ttft_added_ms", "p50", digits=3) for r in relays)
                 + " |"
             )
     if "turn-c1" in sc:
         lines.append(
             "| whole turn, 1 socket (`turn-c1`) | "
-            + " | ".join(fmt(dig(sc, "turn-c1", r, "turn_added_ms", "p50"), 3) for r in relays)
+            + " | ".join(
+                _cell(data, "turn-c1", r, "turn_added_ms", "p50", digits=3) for r in relays
+            )
             + " |"
         )
     return lines
@@ -154,6 +187,7 @@ def targets(data: dict[str, Any]) -> list[str]:
         + " | ".join(f"{fmt(worst[m])} {_verdict(worst[m], 1.2)}" for m in GATEWAY_MODES)
         + " |"
     )
+    out.append(_ahead_of_peer(data))
     for name, what in TTFT_ROWS[:2]:
         floor = dig(sc, name, "floor", "ttft_added_ms", "p50")
         cells = []
@@ -192,6 +226,34 @@ def targets(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _ahead_of_peer(data: dict[str, Any]) -> str:
+    """Less CPU per event than LiteLLM in every CPU row: the worst row's ratio (< 1 = ahead)."""
+    sc, label = (
+        data["scenarios"],
+        "| CPU per event below LiteLLM's in every row (worst row, x LiteLLM) | ",
+    )
+    rows = [name for name, _ in CPU_ROWS if name in sc]
+    cells = []
+    for m in GATEWAY_MODES:
+        ratios = [
+            ours / peer
+            for name in rows
+            if (peer := dig(sc, name, PEER, "cpu_us_per_event"))
+            and (ours := dig(sc, name, m, "cpu_us_per_event")) is not None
+        ]
+        if not ratios:
+            cells.append(f"n/a ({_missing(data, PEER)})")
+            continue
+        missing = len(rows) - len(ratios)
+        worst = max(ratios)
+        note = f" ({missing} rows without LiteLLM)" if missing else ""
+        verdict = (
+            "ok" if worst < 1.0 and not missing else "**MISSED**" if worst >= 1.0 else "partial"
+        )
+        cells.append(f"{fmt(worst)} {verdict}{note}")
+    return label + " | ".join(cells) + " |"
+
+
 def readme_block(data: dict[str, Any]) -> str:
     """The README's numbers: generated by ``make bench``/``make bench-quick``, never edited."""
     how = "make bench-quick" if data["quick"] else "make bench"
@@ -201,7 +263,8 @@ def readme_block(data: dict[str, Any]) -> str:
         " cores at the start (full tables: [docs/benchmarks.md](docs/benchmarks.md)).",
         "",
         "Relay CPU per event against the independent floor (`bench/floor_relay.py`:"
-        " Starlette/uvicorn/uvloop + the `websockets` client, no gateway code):",
+        " Starlette/uvicorn/uvloop + the `websockets` client, no gateway code); LiteLLM's"
+        f" proxy ({peer_method(data, short=True)}) is the peer:",
         "",
         *cpu_table(data),
         "",
@@ -246,13 +309,20 @@ def markdown(data: dict[str, Any]) -> str:
         " parsing); in full runs the *own-client relay* (the floor's ingress on the gateway's"
         " upstream client, pricing that client alone); the gateway in `passthrough`; in"
         f" `ctx_pool`. Relays are pinned to CPU {m.get('relay_cpu', 0)}; the simulator and the"
-        f" load generator (its own process) to CPU {m.get('load_cpu', 1)}. CPU per event ="
+        f" load generator (its own process) to CPU {m.get('load_cpu', 1)}. Each relay serves"
+        " one unmeasured turn before the first scenario, so none bills its first-request"
+        " set-up to a scenario. CPU per event ="
         " relay process CPU time (/proc/<pid>/schedstat) over the run / events relayed."
         " Latency per event = client receive time minus the simulator's `sim_t_ns` stamp;"
         " *added* = through-path percentile minus the direct percentile on the same scripted"
         " events (slightly negative = noise). TTFT = first event minus the client's send of"
         " `response.create`. Paced scenarios: every socket warmed, then streams of 300 B"
-        " deltas 10 ms apart, staggered evenly in phase.",
+        " deltas 10 ms apart, staggered evenly in phase. `ttft-c50`: 50 warm sockets, each"
+        " starting a one-delta turn every second on a fixed schedule, evenly in phase (one"
+        " turn every 20 ms in all), so a relay mostly handles one turn at a time and its"
+        " TTFT is its own, not queueing behind the other sockets' turns.",
+        "",
+        peer_method(data),
         "",
         "## CPU per relayed event against the floor (target ≤ 1.2x; ✗ = above)",
         "",
@@ -291,6 +361,7 @@ def markdown(data: dict[str, Any]) -> str:
             *frame_table(data),
             "",
         ]
+    lines += peer_notes(data)
     lines += scenario_tables(data)
     lines += alloc_and_profile(data)
     lines += faults_table(data)

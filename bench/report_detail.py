@@ -6,8 +6,53 @@ from __future__ import annotations
 from typing import Any
 
 from bench.formatting import dig, fmt, ratio
+from bench.litellm_target import UNPATCHED_ERROR
 
 GATEWAY_MODES = ("passthrough", "ctx_pool")
+
+
+def peer_method(data: dict[str, Any], short: bool = False) -> str:
+    """How LiteLLM ran, or why it did not: a phrase for the README, a paragraph for the doc."""
+    peer = data.get("litellm") or {}
+    status, version = peer.get("status", "not run"), peer.get("version")
+    if status == "not installed" or not version:
+        return (
+            f"LiteLLM {status}: `make bench-litellm-deps` installs it into `.venv-litellm`"
+            " (or run the bench with BENCH_LITELLM=1)"
+        )
+    if short:
+        return (
+            f"LiteLLM {version}: logging, callbacks, database and spend tracking off; one shim"
+            " lets it dial the simulator's ws:// at all, see the method in the docs"
+        )
+    settings = peer.get("settings", {})
+    return (
+        f"**LiteLLM** {version}'s proxy (`bench/litellm_target.py`, in a venv of its own,"
+        " `.venv-litellm` from `make bench-litellm-deps`) in its Responses WebSocket mode:"
+        " clients open `/v1/responses` over WebSocket as the Codex CLI does, LiteLLM reads"
+        " the model from the first `response.create`, dials the simulator's `/v1/responses`"
+        " over WebSocket (model `bench` -> `openai/bench`) and forwards frames both ways,"
+        " decoding each event. Its fastest honest config: "
+        + "; ".join(f"{k}: {v}" for k, v in settings.items())
+        + ". As shipped LiteLLM cannot dial a plain `ws://` upstream at all (the first"
+        f" `response.create` gets `{UNPATCHED_ERROR}`), so it runs with one shim: "
+        + str(peer.get("shim", "-"))
+        + "."
+    )
+
+
+def peer_notes(data: dict[str, Any]) -> list[str]:
+    """LiteLLM's failures, when there were any: which scenario, what error."""
+    peer = data.get("litellm") or {}
+    errors = peer.get("scenario_errors") or {}
+    status = str(peer.get("status", ""))
+    if not errors and not status.startswith("failed"):
+        return []
+    lines = ["## LiteLLM: what did not run", ""]
+    if status.startswith("failed"):
+        lines += [f"{status}", "", "```", str(peer.get("log_tail", ""))[-1500:], "```", ""]
+    lines += [f"- `{name}`: {error}" for name, error in errors.items()]
+    return [*lines, ""]
 
 
 def scenario_tables(data: dict[str, Any]) -> list[str]:

@@ -75,3 +75,18 @@ def test_improvements_pass_and_cli_exit_codes(tmp_path: Path) -> None:
     assert main([str(old), str(worse)]) == 1
     assert main([str(old), str(worse), "--tolerance", "cpu=2.0"]) == 0
     assert main([str(old), str(worse), "--slack", "cpu=25"]) == 0
+
+
+def test_the_peer_is_not_gated_and_ttft_c50_is() -> None:
+    def run(peer_cpu: float, ttft_p50: float) -> dict[str, Any]:
+        return {
+            "scenarios": {
+                "ttft-c50": {
+                    "LiteLLM": {"cpu_us_per_event": peer_cpu},
+                    "ctx_pool": {"cpu_us_per_event": 20.0, "ttft_added_ms": {"p50": ttft_p50}},
+                }
+            }
+        }
+
+    worse = compare(run(100.0, 0.2), run(300.0, 2.0))
+    assert [f.figure for f in worse] == ["ttft-c50/ctx_pool/ttft_added_p50_ms"]

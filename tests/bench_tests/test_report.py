@@ -30,18 +30,22 @@ def row(cpu: float | None, ttft_p50: float, turn_p50: float = 1.0) -> dict[str, 
     }
 
 
-def result() -> dict[str, Any]:
+TTFT_ADDED = {"direct": 0.0, "floor": 0.3, "passthrough": 0.35, "ctx_pool": 0.7, "LiteLLM": 2.5}
+
+
+def result(peer: bool = False) -> dict[str, Any]:
+    """turn-c1 through every relay; with ``peer``, LiteLLM measured at 100 µs/event."""
     turn = {
         "direct": row(None, 0.5, 0.6),
         "floor": row(20.0, 0.8, 0.9),
         "passthrough": row(22.0, 0.85, 1.0),
         "ctx_pool": row(30.0, 1.2, 1.4),
     }
+    if peer:
+        turn["LiteLLM"] = row(100.0, 3.0, 3.2)
     for label in turn:  # the figures add_relative would derive, written out by hand
         turn[label]["added_ms"] = {"p50": 0.0, "p95": 0.0, "p99": 0.0}
-        turn[label]["ttft_added_ms"] = {
-            "p50": {"direct": 0.0, "floor": 0.3, "passthrough": 0.35, "ctx_pool": 0.7}[label]
-        }
+        turn[label]["ttft_added_ms"] = {"p50": TTFT_ADDED[label]}
         turn[label]["turn_added_ms"] = {"p50": turn[label]["turn_ms"]["p50"] - 0.6}
         turn[label]["x_direct"] = {"lat_p99": 1.0, "turns_per_s": 1.0}
         if label != "direct":
@@ -52,6 +56,12 @@ def result() -> dict[str, Any]:
         "commit": "abc1234",
         "machine": {"cores": 2, "python": "3.11", "platform": "linux", "packages": {}},
         "scenarios": {"turn-c1": turn},
+        "litellm": {
+            "status": "measured" if peer else "not installed",
+            "version": "1.106.2" if peer else None,
+            "settings": {"general_settings": "no database_url"},
+            "shim": "no ssl argument for ws://",
+        },
         "stages": {
             "continuation": {"turns": 4, "p50_us": {"pre_write": 42.0, "decode": 5.0}},
             "all": {"turns": 8, "p50_us": {"pre_write": 40.0}},
@@ -124,3 +134,42 @@ def test_stage_figures_are_gated() -> None:
     noisy = {"stages": {"continuation": {"p50_us": {"pre_write": 48.0}}}}
     assert [f.figure for f in compare(old, slower)] == ["stages/continuation/pre_write_us"]
     assert compare(old, noisy) == []
+
+
+def test_litellm_column_holds_its_ratio_and_the_ahead_target() -> None:
+    lines = markdown(result(peer=True)).splitlines()
+    header = next(x for x in lines if x.startswith("| traffic | floor µs/event |"))
+    assert header.endswith("| ctx_pool (x floor) | LiteLLM (x floor) |")
+    cpu = next(x for x in lines if "(`turn-c1`) | 20.0 |" in x)
+    assert cpu.endswith("| 1.50 ✗ | 5.00 |")  # LiteLLM 100 / 20, never marked: not ours
+    ttft = next(x for x in lines if x.startswith("| TTFT, 1 socket (`turn-c1`) |"))
+    assert ttft.endswith("| 0.700 | 2.500 |")
+    ahead = next(x for x in lines if x.startswith("| CPU per event below LiteLLM's"))
+    assert "| 0.22 ok | 0.30 ok |" in ahead  # 22 / 100 and 30 / 100
+    method = next(x for x in lines if x.startswith("**LiteLLM** 1.106.2"))
+    assert "general_settings: no database_url" in method and "no ssl argument" in method
+
+
+def test_litellm_not_installed_is_said_and_nothing_fails() -> None:
+    text = markdown(result())
+    lines = text.splitlines()
+    cpu = next(x for x in lines if "(`turn-c1`) | 20.0 |" in x)
+    assert cpu.endswith("| not installed |")
+    ttft = next(x for x in lines if x.startswith("| TTFT, 1 socket (`turn-c1`) |"))
+    assert ttft.endswith("| not installed |")
+    ahead = next(x for x in lines if x.startswith("| CPU per event below LiteLLM's"))
+    assert ahead.endswith("| n/a (not installed) | n/a (not installed) |")
+    assert "`make bench-litellm-deps`" in text
+    assert "`make bench-litellm-deps`" in readme_block(result())
+
+
+def test_a_litellm_scenario_that_failed_is_named_with_its_error() -> None:
+    data = result(peer=True)
+    data["scenarios"]["ttft-c50"] = {
+        k: v for k, v in data["scenarios"]["turn-c1"].items() if k != "LiteLLM"
+    }
+    data["litellm"]["scenario_errors"] = {"ttft-c50": "load generator timed out after 300 s"}
+    lines = markdown(data).splitlines()
+    ttft = next(x for x in lines if x.startswith("| TTFT, 50 sockets (`ttft-c50`) |"))
+    assert ttft.endswith("| failed |")
+    assert "- `ttft-c50`: load generator timed out after 300 s" in lines
