@@ -47,7 +47,6 @@ from bench.probes import (
     RELAY_CPU,
     alloc_and_profile,
     bench_gateway_config,
-    cpu_seconds,
     fault_run,
     stage_breakdown,
 )
@@ -137,10 +136,12 @@ def measure(
     sc: Scenario,
     timeout_s: float = 900,
 ) -> dict[str, Any]:
-    before, sim_before = (cpu_seconds(pid) if pid else 0.0), cpu_seconds(sim_pid)
-    raw = run_load(url, headers, sc, timeout_s)
-    cpu = cpu_seconds(pid) - before if pid else None
-    return summarize(raw, cpu, cpu_seconds(sim_pid) - sim_before)
+    # CPU is read by the load generator over the measured part: a warm run's connection
+    # set-up and warm turns are neither counted as events nor billed as CPU.
+    pids = (sim_pid,) if pid is None else (pid, sim_pid)
+    raw = run_load(url, headers, sc, timeout_s, cpu_pids=pids)
+    cpu = raw["cpu_s"][str(pid)] if pid else None
+    return summarize(raw, cpu, raw["cpu_s"][str(sim_pid)])
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

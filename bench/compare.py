@@ -81,6 +81,10 @@ def figures(result: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
     ):
         if (v := _num(value)) is not None:
             yield f"stages/continuation/{stage}_us", "stage", v
+    bare = ((result.get("stages") or {}).get("bare") or {}).get("continuation") or {}
+    for stage, value in (bare.get("p50_us") or {}).items():
+        if (v := _num(value)) is not None:
+            yield f"stages/bare/{stage}_us", "stage", v
     for relay, data in (result.get("alloc") or {}).items():
         for key in ("net_blocks_per_turn", "peak_bytes_per_turn_in_flight"):
             if (v := _num(data.get(key))) is not None:

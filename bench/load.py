@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -29,6 +30,19 @@ class Scenario:
     # so with stagger_s = period_s the turns of all sockets are spread evenly in time and
     # a relay sees one at a time: TTFT without queueing behind other sockets' turns.
     period_s: float = 0.0
+
+
+TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """On-CPU time of a process (all threads): /proc/<pid>/schedstat in ns when the kernel
+    has it, else utime+stime from /proc/<pid>/stat in clock ticks."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -84,7 +98,8 @@ async def _socket(
                 "errors": 0,
             }
             await _turns(ws, 1, "warm [[sim deltas=1]]", scratch, 2)
-            await barrier.wait()
+            if await barrier.wait() == 0:
+                _start_clocks(out)  # the measured part starts now, warm-up excluded
             await asyncio.sleep(start_delay)
         await _turns(ws, turns, sc.prompt, out, sc.output_bytes, sc.period_s)
 
@@ -160,7 +175,18 @@ async def _turns(
                 break
 
 
-async def _load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, Any]:
+def _start_clocks(out: dict[str, Any]) -> None:
+    """Wall time, this process's CPU and the watched processes' CPU, from now."""
+    out["started"] = time.perf_counter()
+    out["load_cpu_started"] = time.process_time()
+    out["cpu_started"] = {pid: cpu_seconds(pid) for pid in out["cpu_pids"]}
+
+
+async def _load(
+    url: str, headers: dict[str, str], sc: Scenario, cpu_pids: tuple[int, ...] = ()
+) -> dict[str, Any]:
+    """Runs the scenario; ``cpu_s`` has each of ``cpu_pids``' CPU seconds over the measured
+    part (after the warm-up of a warm run, like ``elapsed``)."""
     out: dict[str, Any] = {
         "lat": [],
         "ttft": [],
@@ -172,8 +198,8 @@ async def _load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, An
         "failure_samples": [],
     }
     barrier = asyncio.Barrier(sc.concurrency) if sc.warm else None
-    started = time.perf_counter()
-    cpu_started = time.process_time()
+    out["cpu_pids"] = cpu_pids
+    _start_clocks(out)  # a warm run starts them again once every socket is warm
     results = await asyncio.gather(
         *(
             _client(url, headers, sc, out, barrier, i / sc.concurrency * sc.stagger_s)
@@ -181,15 +207,17 @@ async def _load(url: str, headers: dict[str, str], sc: Scenario) -> dict[str, An
         ),
         return_exceptions=True,
     )
-    out["elapsed"] = time.perf_counter() - started
-    out["load_cpu_s"] = time.process_time() - cpu_started
+    out["elapsed"] = time.perf_counter() - out.pop("started")
+    out["load_cpu_s"] = time.process_time() - out.pop("load_cpu_started")
+    cpu_started = out.pop("cpu_started")
+    out["cpu_s"] = {str(pid): cpu_seconds(pid) - cpu_started[pid] for pid in out.pop("cpu_pids")}
     crashed = [repr(r)[:200] for r in results if isinstance(r, BaseException)]
     out["crashed_clients"] = len(crashed)
     out["failures"] = (crashed + out.pop("failure_samples"))[:3]
     return out
 
 
-def _load_process(args: tuple[str, dict[str, str], Scenario], queue: Any) -> None:
+def _load_process(args: tuple[str, dict[str, str], Scenario, tuple[int, ...]], queue: Any) -> None:
     pin(0, 1)
     import gc
 
@@ -202,11 +230,17 @@ def _load_process(args: tuple[str, dict[str, str], Scenario], queue: Any) -> Non
 
 
 def run_load(
-    url: str, headers: dict[str, str], sc: Scenario, timeout_s: float = 900
+    url: str,
+    headers: dict[str, str],
+    sc: Scenario,
+    timeout_s: float = 900,
+    cpu_pids: tuple[int, ...] = (),
 ) -> dict[str, Any]:
+    """The scenario's raw figures; ``cpu_s`` maps each of ``cpu_pids`` (as a string) to
+    its CPU seconds over the measured part."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_load_process, args=((url, headers, sc), queue))
+    proc = ctx.Process(target=_load_process, args=((url, headers, sc, cpu_pids), queue))
     proc.start()
     deadline = time.monotonic() + timeout_s
     while True:

@@ -10,7 +10,6 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,18 +18,7 @@ from bench.load import Scenario, pin, run_load
 from tests.e2e.harness import SimProcess, auth_headers, gateway_config, run_gateway
 from tests.support import ManagedProcess, free_port, python_module, toml_dumps
 
-TICK = os.sysconf("SC_CLK_TCK")
 RELAY_CPU, LOAD_CPU = 0, 1
-
-
-def cpu_seconds(pid: int) -> float:
-    """On-CPU time of a process (all threads): /proc/<pid>/schedstat in ns when the kernel
-    has it, else utime+stime from /proc/<pid>/stat in clock ticks."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def bench_gateway_config(sim: SimProcess, mode: str, **openai_ws: object) -> dict[str, object]:

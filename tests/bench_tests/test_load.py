@@ -83,3 +83,33 @@ async def test_an_open_loop_socket_keeps_a_fixed_schedule(monkeypatch: pytest.Mo
     await _turns(ws, 4, "turn", record, 2, period_s=0.5)
     assert record["turns"] == 4
     assert waits == pytest.approx([0.3, 0.0, 0.2])
+
+
+async def test_a_warm_run_bills_only_the_measured_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU and wall time of a warm run start when every socket has had its warm turn: a
+    relay's connection set-up and warm turns are not billed to the measured events."""
+    import contextlib
+
+    import websockets.asyncio.client
+
+    from bench import load
+
+    sent = [0]  # the fake relay burns 1 CPU second per request it is sent
+
+    class Socket(ScriptedSocket):
+        async def send(self, payload: str) -> None:
+            sent[0] += 1
+            self.sent.append(json.loads(payload))
+            self.pending = ['{"type":"response.output_text.delta","delta":"x","sim_t_ns":1}']
+            self.pending.append(completed(False, []))
+
+    @contextlib.asynccontextmanager
+    async def connect(*_args: Any, **_kwargs: Any) -> Any:
+        yield Socket([])
+
+    monkeypatch.setattr(websockets.asyncio.client, "connect", connect)
+    monkeypatch.setattr(load, "cpu_seconds", lambda pid: float(sent[0]))
+    scenario = load.Scenario("w", concurrency=3, turns=4, prompt="p", warm=True)
+    raw = await load._load("ws://relay.test", {}, scenario, cpu_pids=(4242,))
+    assert raw["turns"] == 3 * 4 and raw["events"] == 3 * 4 * 2
+    assert raw["cpu_s"] == {"4242": 3 * 4}  # the 3 warm turns are not billed

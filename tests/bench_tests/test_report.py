@@ -173,3 +173,17 @@ def test_a_litellm_scenario_that_failed_is_named_with_its_error() -> None:
     ttft = next(x for x in lines if x.startswith("| TTFT, 50 sockets (`ttft-c50`) |"))
     assert ttft.endswith("| failed |")
     assert "- `ttft-c50`: load generator timed out after 300 s" in lines
+
+
+def test_the_bare_run_is_the_figure_held_to_the_target() -> None:
+    data = result()
+    data["stages"]["bare"] = {
+        "continuation": {"turns": 4, "p50_us": {"pre_write": 61.5, "pre_write_cpu": 60.0}},
+        "all": {"turns": 8, "p50_us": {"pre_write": 58.0, "pre_write_cpu": 57.5}},
+    }
+    lines = markdown(data).splitlines()
+    pre = next(x for x in lines if "turn entry → upstream write p50 ≤ 50 µs" in x)
+    assert "61.5 µs **MISSED**" in pre  # the bare run's 61.5, not the per-stage 42.0
+    assert "| wall time | 61.5 | 58.0 |" in lines
+    assert "| this thread's CPU | 60.0 | 57.5 |" in lines
+    assert "**61.5 µs** p50" in readme_block(data)
