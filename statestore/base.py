@@ -83,6 +83,11 @@ class StateStore(Protocol):
 
     async def bind_turn(self, binding: TurnBinding) -> BindOutcome: ...
 
+    def bind_turn_nowait(self, binding: TurnBinding) -> BindOutcome | None:
+        """The bind done at once when it needs no I/O (an in-process store), else None:
+        then the caller awaits ``bind_turn``."""
+        ...
+
     async def lookup(
         self, group: str, *, response_id: str | None, session_key: str | None
     ) -> Continuation: ...

@@ -35,6 +35,9 @@ class MemoryStore:
         return None
 
     async def bind_turn(self, binding: TurnBinding) -> BindOutcome:
+        return self.bind_turn_nowait(binding)
+
+    def bind_turn_nowait(self, binding: TurnBinding) -> BindOutcome:
         self.local.bind(binding)
         if binding.session_key and (binding.transcript or binding.drop_transcript):
             key = (binding.group, binding.session_key)

@@ -147,6 +147,9 @@ class RedisStore:
         await self.ping()
 
     # -- writes ------------------------------------------------------------------------
+    def bind_turn_nowait(self, binding: TurnBinding) -> None:
+        return None  # a Redis write: always awaited (off the turn's path, by the caller)
+
     async def bind_turn(self, binding: TurnBinding) -> BindOutcome:
         b = binding
         redis_last_before = self.local.last.get((b.group, b.session_key)) if b.session_key else None

@@ -52,7 +52,14 @@ class BindWriter:
         return len(self._queue) + (1 if self._task is not None else 0)
 
     def submit(self, binding: TurnBinding) -> None:
-        """Queue a binding; returns at once."""
+        """Queue a binding; returns at once. A store that binds without I/O (in-process)
+        is written right here when nothing is queued: no task, no loop iteration."""
+        if self._task is None and self._tracing is None:
+            outcome = self._store.bind_turn_nowait(binding)
+            if outcome is not None:
+                if not outcome.ok and self._on_failed is not None:
+                    self._on_failed(binding)
+                return
         context = otel_context.get_current() if self._tracing is not None else None
         self._queue.append((binding, context))
         if self._task is None:

@@ -28,6 +28,9 @@ class GatedStore:
         self.gate = asyncio.Event()
         self.fail_on = fail_on
 
+    def bind_turn_nowait(self, binding: TurnBinding) -> None:
+        return None  # like Redis: every write is awaited
+
     async def bind_turn(self, binding: TurnBinding) -> BindOutcome:
         self.entered.set()
         await self.gate.wait()
@@ -108,3 +111,13 @@ async def test_each_binding_is_a_child_span_of_the_turn_that_submitted_it() -> N
     found = await store.lookup("g", response_id="resp_1", session_key="s")
     assert found.account_id == "acct-0" and found.session_last_response_id == "resp_1"
     tracing.shutdown()
+
+
+async def test_an_in_process_store_is_written_at_submit_without_a_task() -> None:
+    store = open_store("memory://")
+    busy: list[str] = []
+    writer = BindWriter(store, on_busy=lambda: busy.append("busy"))
+    writer.submit(binding(1))
+    assert writer.pending == 0 and busy == []  # done already: nothing queued, no task
+    found = await store.lookup("g", response_id="resp_1", session_key="s")
+    assert found.account_id == "acct-0" and found.session_last_response_id == "resp_1"

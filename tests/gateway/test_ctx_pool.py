@@ -303,7 +303,9 @@ async def test_an_orphan_output_the_upstream_names_is_dropped_and_resent(
     fwd, sink = rig.forwarder()
     await fwd.run_turn(create([user("a")], store=True), sink)
     first = Rig.client(sink).turn()
-    # A new client socket: nothing local says which calls the previous response had.
+    # A new client socket, and a store that never got the binding (another instance's
+    # response): nothing says which calls the previous response had.
+    await rig.ctx.store.forget_response("default", rid(first))
     other, other_sink = rig.forwarder()
     orphan = {"type": "function_call_output", "call_id": "call_ghost", "output": "x"}
     await other.run_turn(

@@ -25,7 +25,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from statestore import Continuation, StateStore, TurnBinding, open_store
+from statestore import BindOutcome, Continuation, StateStore, TurnBinding, open_store
 from tests.statestore.support import FakeClock
 from tests.support import RedisServer, unique_prefix
 
@@ -182,3 +182,19 @@ def test_memory_and_redis_backends_agree(redis_server: RedisServer) -> None:
         OnThisServer,
         settings=settings(max_examples=40, stateful_step_count=25, deadline=None),
     )
+
+
+async def test_only_the_in_process_store_binds_without_awaiting(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """memory:// completes a bind on the spot (the caller needs no task for it); Redis
+    always says to await its write."""
+    binding = TurnBinding(group="g", account_id="a", response_id="resp_1", session_key="s")
+    memory = open_store("memory://")
+    assert memory.bind_turn_nowait(binding) == BindOutcome(ok=True)
+    assert (await memory.lookup("g", response_id="resp_1", session_key="s")).account_id == "a"
+    redis = open_store(redis_server.url, key_prefix=key_prefix)
+    try:
+        assert redis.bind_turn_nowait(binding) is None
+    finally:
+        await redis.aclose()
