@@ -685,40 +685,29 @@ async def test_a_leased_socket_receives_again_after_stop_watch(server: int) -> N
     await conn.aclose()
 
 
+@pytest.mark.parametrize("nowait", [False, True], ids=["recv", "recv_nowait"])
 async def test_reading_pauses_while_the_backlog_is_high_and_resumes_when_drained(
-    server: int, monkeypatch: pytest.MonkeyPatch
+    server: int, monkeypatch: pytest.MonkeyPatch, nowait: bool
 ) -> None:
+    """Taken with recv, or with recv_nowait first (what is already queued, without a
+    coroutine) and recv only when nothing is: the same messages, the same bookkeeping."""
     monkeypatch.setattr(connection, "PAUSE_ABOVE", 10_000)
     monkeypatch.setattr(connection, "RESUME_BELOW", 2_000)
     conn = await open_conn(f"ws://127.0.0.1:{server}/")
     underlying = conn._transport.underlying_transport  # type: ignore[union-attr]
+    assert conn.recv_nowait() is None  # nothing queued: a caller awaits recv instead
+
+    async def take() -> str | bytes:
+        queued = conn.recv_nowait() if nowait else None
+        return queued if queued is not None else await conn.recv(timeout=DEADLINE_S)
+
     await conn.send_text("burst:40,1000")  # 40 KB unread: well over the pause mark
     await wait_until(lambda: not underlying.is_reading(), "reading to pause")
-    received = [await conn.recv(timeout=DEADLINE_S) for _ in range(40)]
+    received = [await take() for _ in range(40)]
     assert received == ["z" * 1000] * 40  # nothing lost across the pause
-    assert underlying.is_reading()
+    assert underlying.is_reading() and conn._buffered == 0
     await conn.send_text("after")
     assert await conn.recv(timeout=DEADLINE_S) == "echo:after"
-    await conn.aclose()
-
-
-async def test_recv_nowait_takes_only_what_is_already_queued(
-    server: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(connection, "PAUSE_ABOVE", 10_000)
-    monkeypatch.setattr(connection, "RESUME_BELOW", 2_000)
-    conn = await open_conn(f"ws://127.0.0.1:{server}/")
-    underlying = conn._transport.underlying_transport  # type: ignore[union-attr]
-    assert conn.recv_nowait() is None  # nothing queued: the caller awaits recv instead
-    await conn.send_text("burst:40,1000")
-    await wait_until(lambda: not underlying.is_reading(), "reading to pause")
-    taken = []
-    while len(taken) < 40:
-        message = conn.recv_nowait()
-        taken.append(message if message is not None else await conn.recv(timeout=DEADLINE_S))
-    assert taken == ["z" * 1000] * 40
-    assert conn.recv_nowait() is None and conn._buffered == 0
-    assert underlying.is_reading()  # the backlog drained through recv_nowait resumes reading
     await conn.aclose()
 
 
