@@ -27,7 +27,7 @@ MACHINE_PATHS = re.compile(
     "|".join(["/" + "work/", "/" + "root/", "/" + "home/", "/tmp/" + "hostile"])
 )
 
-SKIPPED_DIRS = {".git", ".venv", ".venv-min", ".cache", "node_modules", "__pycache__"}
+SKIPPED_DIRS = {".git", ".cache", "node_modules", "__pycache__"}
 TEXT_SUFFIXES = {
     ".py",
     ".md",
@@ -45,10 +45,17 @@ TEXT_SUFFIXES = {
 TEXT_NAMES = {"Makefile", "Dockerfile", ".dockerignore", ".gitignore", "run"}
 
 
+def _skipped(directory: str) -> bool:
+    """Tool output, caches and virtualenvs (.venv, .venv-min, the bench's .venv-litellm)."""
+    return (
+        directory in SKIPPED_DIRS or directory.startswith(".venv") or directory.endswith("_cache")
+    )
+
+
 def repository_text_files(root: Path) -> Iterator[Path]:
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root).parts
-        if any(part in SKIPPED_DIRS or part.endswith("_cache") for part in relative[:-1]):
+        if any(_skipped(part) for part in relative[:-1]):
             continue
         if path.is_file() and (path.suffix in TEXT_SUFFIXES or path.name in TEXT_NAMES):
             yield path
