@@ -218,10 +218,8 @@ class GatewayContext:
             self._cooldown_until[account_id] = time.monotonic() + seconds
 
     def resolution(self, account: Account) -> Resolution:
-        known = self._resolutions.get(account.id)
-        if known is None or known.transport == "http":
-            return known or resolve(account, self.cfg.openai_ws)
-        if self._cooldown_until and self.cooling_down(account.id):
+        known = self._resolutions.get(account.id) or resolve(account, self.cfg.openai_ws)
+        if known.transport == "ws" and self._cooldown_until and self.cooling_down(account.id):
             return COOLDOWN
         return known
 

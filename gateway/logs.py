@@ -106,14 +106,14 @@ def record_fields(record: logging.LogRecord) -> dict[str, object]:
 
 
 # -- formatters ----------------------------------------------------------------------------
+def _json_head(created: float, level: str, logger: str, message: str) -> dict[str, object]:
+    """The fields every JSON line starts with, in order."""
+    return {"ts": round(created, 6), "level": level, "logger": logger, "msg": message}
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        out = _json_head(record.created, record.levelname.lower(), record.name, record.getMessage())
         out.update(record_fields(record))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -262,12 +262,7 @@ def _write_direct(message: str, fields: dict[str, object]) -> bool:
     handlers = logging.root.handlers
     if len(handlers) != 1 or handlers[0] is not handler or handler.level > logging.INFO:
         return False
-    out: dict[str, object] = {
-        "ts": round(time.time(), 6),
-        "level": "info",
-        "logger": log.name,
-        "msg": message,
-    }
+    out = _json_head(time.time(), "info", log.name, message)
     for key, value in _log_fields.get().items():
         out[key] = _plain(value)
     for key, value in fields.items():

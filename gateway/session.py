@@ -61,17 +61,12 @@ class ClientSink:
     async def send(self, frame: str | bytes) -> bool:
         """Send ``frame`` as one text frame; False once the client is gone. Bytes must be
         UTF-8 (what UpstreamWS delivers is checked): the direct path writes them as is."""
-        if self.gone:
-            return False
         direct = self._direct
+        while (sent := self.send_nowait(frame)) is None and direct is not None:
+            await direct.writable.wait()  # paused for writing: as the protocol's send waits
+        if sent is not None:
+            return sent
         try:
-            if direct is not None:
-                if not direct.writable.is_set():
-                    await direct.writable.wait()
-                if direct.write(frame):
-                    return True
-                self.gone = True
-                return False
             if isinstance(frame, str):
                 await self._send({"type": "websocket.send", "text": frame})
             else:
