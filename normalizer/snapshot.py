@@ -19,12 +19,6 @@ import msgspec
 MAX_INPUT_ITEMS = 100_000
 
 _top_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_items_decoder = msgspec.json.Decoder(
-    Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_INPUT_ITEMS)]
-)
-_str_decoder = msgspec.json.Decoder(str)
-_opt_str_decoder = msgspec.json.Decoder(str | None)
-_opt_bool_decoder = msgspec.json.Decoder(bool | None)
 _encoder = msgspec.json.Encoder()
 
 
@@ -79,7 +73,6 @@ def make_item(obj: dict[str, Any]) -> Item:
 
 class RequestSnapshot(msgspec.Struct, frozen=True):
     raw: bytes
-    fields: dict[str, msgspec.Raw]
     items: tuple[Item, ...]
     type: str
     model: str | None
@@ -89,6 +82,16 @@ class RequestSnapshot(msgspec.Struct, frozen=True):
     input_is_string: bool
     input_present: bool
     changed: bool = False
+    # The top-level fields as edited; None while they are those of ``raw`` (decoded from
+    # it only when an edit or a re-encode needs them: an unchanged request never does).
+    edited_fields: dict[str, msgspec.Raw] | None = None
+
+    @property
+    def fields(self) -> dict[str, msgspec.Raw]:
+        """Every top-level field, in order, as raw JSON."""
+        if self.edited_fields is not None:
+            return self.edited_fields
+        return _top_decoder.decode(self.raw)  # cannot fail: the whole frame decoded once
 
     def with_previous_response_id(self, value: str | None) -> RequestSnapshot:
         if value == self.previous_response_id and (
@@ -101,7 +104,7 @@ class RequestSnapshot(msgspec.Struct, frozen=True):
         else:
             fields["previous_response_id"] = msgspec.Raw(_encoder.encode(value))
         return msgspec.structs.replace(
-            self, fields=fields, previous_response_id=value, changed=True
+            self, edited_fields=fields, previous_response_id=value, changed=True
         )
 
     def with_items(self, items: Sequence[Item]) -> RequestSnapshot:
@@ -113,10 +116,11 @@ class RequestSnapshot(msgspec.Struct, frozen=True):
         )
 
     def without_fields(self, *names: str) -> RequestSnapshot:
-        if not any(name in self.fields for name in names):
+        current = self.fields
+        if not any(name in current for name in names):
             return self
-        fields = {k: v for k, v in self.fields.items() if k not in names}
-        updates: dict[str, Any] = {"fields": fields, "changed": True}
+        fields = {k: v for k, v in current.items() if k not in names}
+        updates: dict[str, Any] = {"edited_fields": fields, "changed": True}
         if "previous_response_id" in names:
             updates["previous_response_id"] = None
         if "generate" in names:
@@ -128,19 +132,36 @@ class RequestSnapshot(msgspec.Struct, frozen=True):
     def with_field(self, name: str, raw_json: bytes) -> RequestSnapshot:
         fields = dict(self.fields)
         fields[name] = msgspec.Raw(raw_json)
-        return msgspec.structs.replace(self, fields=fields, changed=True)
+        return msgspec.structs.replace(self, edited_fields=fields, changed=True)
 
 
-def _peek(
-    fields: dict[str, msgspec.Raw], name: str, decoder: msgspec.json.Decoder[Any], kind: str
-) -> Any:
-    raw = fields.get(name)
-    if raw is None:
-        return None
-    try:
-        return decoder.decode(raw)
-    except msgspec.DecodeError:
-        raise RequestDecodeError(f"field {name!r} must be {kind}") from None
+class _Head(msgspec.Struct):
+    """The fields the gateway reads, typed, and the input's items as raw JSON: the whole
+    frame is checked and split in this one decode. Other fields stay in ``raw``."""
+
+    type: str | None = None
+    model: str | None = None
+    previous_response_id: str | None = None
+    store: bool | None = None
+    generate: bool | None = None
+    input: (
+        Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_INPUT_ITEMS)]
+        | str
+        | msgspec.UnsetType
+        | None
+    ) = msgspec.UNSET
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+# What each typed field must be, for the error a client sees.
+_KINDS = {
+    "type": "a string",
+    "model": "a string",
+    "previous_response_id": "a string",
+    "store": "a boolean",
+    "generate": "a boolean",
+}
+_AT_FIELD = re.compile(r"- at `\$\.([A-Za-z_]+)`")
 
 
 def decode_request(frame: bytes | str) -> RequestSnapshot:
@@ -150,63 +171,56 @@ def decode_request(frame: bytes | str) -> RequestSnapshot:
     except UnicodeEncodeError:
         raise RequestDecodeError("request text is not valid UTF-8 (lone surrogate)") from None
     try:
-        return _decode(data)
+        head = _head_decoder.decode(data)
+        items = _items_of(head.input)
     except RecursionError:
         raise RequestDecodeError("JSON nesting is too deep") from None
     except msgspec.ValidationError as exc:
-        raise RequestDecodeError(f"invalid request: {exc}") from None
+        raise _invalid(str(exc)) from None
     except msgspec.DecodeError as exc:
         raise RequestDecodeError(f"malformed JSON: {exc}") from None
-
-
-def _decode(data: bytes) -> RequestSnapshot:
-    try:
-        fields = _top_decoder.decode(data)
-    except msgspec.ValidationError:
-        raise RequestDecodeError("request must be a JSON object") from None
-    kind = _peek(fields, "type", _opt_str_decoder, "a string") or "response.create"
-    raw_input = fields.get("input")
-    items: tuple[Item, ...] = ()
-    input_is_string = False
-    if raw_input is not None:
-        first = memoryview(raw_input)[:1].tobytes()
-        if first == b'"':
-            input_is_string = True
-            try:
-                text = _str_decoder.decode(raw_input)
-            except msgspec.DecodeError:
-                raise RequestDecodeError("field 'input' must be a valid JSON string") from None
-            items = (
-                make_item(
-                    {
-                        "type": "message",
-                        "role": "user",
-                        "content": [{"type": "input_text", "text": text}],
-                    }
-                ),
-            )
-        elif first == b"[":
-            try:
-                raw_items = _items_decoder.decode(raw_input)
-            except msgspec.ValidationError:
-                raise RequestDecodeError(
-                    f"field 'input' has more than {MAX_INPUT_ITEMS} items"
-                ) from None
-            items = tuple(item_from_raw(raw) for raw in raw_items)
-        elif memoryview(raw_input).tobytes() != b"null":
-            raise RequestDecodeError("field 'input' must be a string or an array")
     return RequestSnapshot(
         raw=data,
-        fields=fields,
         items=items,
-        type=kind,
-        model=_peek(fields, "model", _opt_str_decoder, "a string"),
-        previous_response_id=_peek(fields, "previous_response_id", _opt_str_decoder, "a string"),
-        store=_peek(fields, "store", _opt_bool_decoder, "a boolean"),
-        generate=_peek(fields, "generate", _opt_bool_decoder, "a boolean"),
-        input_is_string=input_is_string,
-        input_present=raw_input is not None,
+        type=head.type or "response.create",
+        model=head.model,
+        previous_response_id=head.previous_response_id,
+        store=head.store,
+        generate=head.generate,
+        input_is_string=isinstance(head.input, str),
+        input_present=head.input is not msgspec.UNSET,
     )
+
+
+def _items_of(value: list[msgspec.Raw] | str | msgspec.UnsetType | None) -> tuple[Item, ...]:
+    if isinstance(value, list):
+        return tuple(item_from_raw(raw) for raw in value)
+    if isinstance(value, str):
+        return (
+            make_item(
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": value}],
+                }
+            ),
+        )
+    return ()
+
+
+def _invalid(message: str) -> RequestDecodeError:
+    """A precise message for a well-formed frame of the wrong shape."""
+    at = _AT_FIELD.search(message)
+    name = at.group(1) if at is not None else None
+    if name == "input":
+        if "length <=" in message:
+            return RequestDecodeError(f"field 'input' has more than {MAX_INPUT_ITEMS} items")
+        return RequestDecodeError("field 'input' must be a string or an array")
+    if name in _KINDS:
+        return RequestDecodeError(f"field {name!r} must be {_KINDS[name]}")
+    if message.startswith("Expected `object`") and at is None:
+        return RequestDecodeError("request must be a JSON object")
+    return RequestDecodeError(f"invalid request: {message}")
 
 
 def _encode_items(items: tuple[Item, ...]) -> msgspec.Raw:

@@ -61,6 +61,23 @@ def test_edits_are_pure_and_only_changed_fields_reencode() -> None:
     assert json.loads(encode_request(added))["stream"] is True
 
 
+def test_every_top_level_field_is_kept_in_order_as_its_raw_bytes() -> None:
+    raw = b'{"z":  [1, 2],"type":"response.create","model":"m","input":"hi","a":{"b":  null}}'
+    snap = decode_request(raw)
+    assert list(snap.fields) == ["z", "type", "model", "input", "a"]
+    assert bytes(snap.fields["z"]) == b"[1, 2]" and bytes(snap.fields["a"]) == b'{"b":  null}'
+    edited = snap.with_field("stream", b"true")
+    assert list(edited.fields) == ["z", "type", "model", "input", "a", "stream"]
+    assert list(snap.fields) == ["z", "type", "model", "input", "a"]  # the original is intact
+
+
+def test_an_explicit_null_previous_response_id_is_dropped_when_asked() -> None:
+    snap = decode_request(b'{"previous_response_id":null,"input":[]}')
+    assert snap.previous_response_id is None
+    out = encode_request(snap.with_previous_response_id(None))
+    assert json.loads(out) == {"input": []}
+
+
 def test_items_peek_type_and_call_id() -> None:
     item = item_from_raw(b'{"type":"function_call_output","call_id":"c1","output":"x"}')
     assert (item.type, item.call_id) == ("function_call_output", "c1")
@@ -82,7 +99,7 @@ def test_items_peek_type_and_call_id() -> None:
         (b'{"input":[{"type":' + b"{" * 5000 + b"}" * 5000 + b"}]}", "malformed JSON"),
         (b'{"input":[{"content":' + b"[" * 5000 + b"]" * 5000 + b"}]}", "nesting is too deep"),
         ('{"input":"\ud800"}', "not valid UTF-8"),
-        (b'{"input":"\xff"}', "valid JSON string"),
+        (b'{"input":"\xff"}', "Invalid UTF-8"),
         (b'{"model":NaN}', "malformed JSON"),
         (b'{"input":5}', "must be a string or an array"),
         (b'{"model":[1]}', "must be a string"),
