@@ -14,8 +14,10 @@ JSON line:
                            peak traced bytes above the baseline, top retaining sites
     profile_start          start cProfile
     profile_stop [N]       stop it; the N (default 15) costliest functions by own time
-    stages_start [bare]    time every stage of the ctx_pool turns from now (bench/stages.py);
-                           bare: only the turn's entry → upstream write, nothing between
+    stages_start [bare|frame]
+                           time every stage of the ctx_pool turns from now (bench/stages.py);
+                           bare: only the turn's entry → upstream write, nothing between;
+                           frame: only the frame's arrival → upstream write (any relay)
     stages_stop            p50 per stage, continuation turns and all turns
     quit                   stop the server
 """
@@ -140,7 +142,7 @@ async def _control(probe: Probe, server: uvicorn.Server, port: int) -> asyncio.S
             elif command == "profile_stop":
                 reply = probe.profile_stop(int(args[0]) if args else 15)
             elif command == "stages_start":
-                reply = stages.start(bare=args == ["bare"])
+                reply = stages.start(bare=args == ["bare"], frame_only=args == ["frame"])
             elif command == "stages_stop":
                 reply = stages.stop()
             elif command == "quit":

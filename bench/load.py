@@ -32,6 +32,8 @@ class Scenario:
     period_s: float = 0.0
 
 
+# Requests go out as the Codex CLI serializes them: compact JSON, "type" first.
+_COMPACT = (",", ":")
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -126,7 +128,8 @@ async def _turns(
                         "content": [{"type": "input_text", "text": prompt}],
                     }
                 ],
-            }
+            },
+            separators=_COMPACT,
         )
         sent = time.time_ns()
         await ws.send(payload)
@@ -163,7 +166,8 @@ async def _turns(
                                     "output": output,
                                 }
                             ],
-                        }
+                        },
+                        separators=_COMPACT,
                     )
                     sent = time.time_ns()
                     await ws.send(payload)

@@ -207,9 +207,16 @@ def stage_breakdown(sim: SimProcess, quick: bool) -> dict[str, Any]:
         control("stages_start")
         run_load(url, auth_headers(), Scenario("stages", 1, turns, tool, output_bytes=10_000))
         reply = control("stages_stop")
+    # The same turns through the floor: its frame in → upstream write, for comparison.
+    with run_inproc("floor", sim) as (url, control):
+        run_load(url, {}, Scenario("warm", 1, 10, tool, output_bytes=10_000))
+        control("stages_start frame")
+        run_load(url, {}, Scenario("floor", 1, turns, tool, output_bytes=10_000))
+        floor = control("stages_stop")
     return {
         "continuation": reply["continuation"],
         "all": reply["all"],
         "bare": {"continuation": bare["continuation"], "all": bare["all"]},
+        "floor": {"continuation": floor["continuation"], "all": floor["all"]},
         "clock_read_ns": reply["clock_read_ns"],
     }

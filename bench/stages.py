@@ -4,8 +4,9 @@ Wraps, in this process only, the functions one turn passes through with a timer 
 adds to the turn's record (a context variable set by the turn's entry, so concurrent
 turns do not mix): decode → lookup → pick (account and transport) → acquire →
 stop_watch → normalize (which includes encode, its last step; none when the request goes
-out as the client's bytes) → note (metrics, payload sample) → upstream write, then relay (first byte → terminal) → watch_idle
-→ release (the socket goes back at the terminal) → bind.
+out as the client's bytes) → upstream write → note (metrics, payload sample, once the
+request is out), then relay (first byte → terminal) → watch_idle → release (the socket
+goes back at the terminal) → bind.
 ``pre_write`` is the turn's entry to the end of the upstream write: the in-process cost
 before the request leaves. Figures are wall time on one socket (no other turn runs in
 between); each wrapper reads the clock twice, and ``clock_read_ns`` (measured at start)
@@ -30,10 +31,13 @@ STAGES = (
     "stop_watch",
     "normalize",
     "encode",
-    "note",
     "upstream_write",
+    "note",
     "pre_write",
     "pre_write_cpu",
+    "pre_issue",
+    "frame_to_issue",
+    "frame_to_write",
     "relay",
     "watch_idle",
     "release",
@@ -51,6 +55,7 @@ STAGES = (
 _now = time.perf_counter_ns
 
 _CONTINUES = re.compile(r'"previous_response_id"\s*:\s*"')
+_CREATES = re.compile(r'"type"\s*:\s*"response\.create"')
 _INHERITED = object()  # the attribute came from a base class
 _record: ContextVar[dict[str, Any] | None] = ContextVar("bench_stage_record", default=None)
 
@@ -62,11 +67,15 @@ class StageProbe:
         self.clock_read_ns = 0.0
         self._saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, original)
 
-    def start(self, bare: bool = False) -> dict[str, Any]:
+    def start(self, bare: bool = False, frame_only: bool = False) -> dict[str, Any]:
         """``bare``: time only the turn's entry and its upstream write (``pre_write``,
-        ``turn``), so no other stage's timer adds to the figure."""
+        ``turn``), so no other stage's timer adds to the figure. ``frame_only``: just the
+        client frame's arrival → the upstream write, for any relay in this process (the
+        floor too: it needs none of the gateway's functions)."""
         self._restore()
-        self._install(bare)
+        self._install_frame_in()
+        if not frame_only:
+            self._install(bare)
         self.records.clear()
         self.recording = True
         started = _now()
@@ -116,8 +125,11 @@ class StageProbe:
         return wrapper
 
     def _async(
-        self, fn: Callable[..., Any], stage: str, mark: str | None = None
+        self, fn: Callable[..., Any], stage: str | None, writes: bool = False
     ) -> Callable[..., Any]:
+        """``writes``: ``fn`` is the upstream write; its first call in a turn stops the
+        clocks started at the turn's entry and at the frame's arrival."""
+
         @functools.wraps(fn)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             rec = _record.get()
@@ -128,11 +140,10 @@ class StageProbe:
                 return await fn(*args, **kwargs)
             finally:
                 now = _now()
-                rec[stage] = rec.get(stage, 0) + now - started
-                if mark is not None:
-                    rec[mark] = now - rec["_entry"]
-                    if "_cpu_entry" in rec:
-                        rec[mark + "_cpu"] = time.thread_time_ns() - rec["_cpu_entry"]
+                if stage is not None:
+                    rec[stage] = rec.get(stage, 0) + now - started
+                if writes and "_written" not in rec:
+                    _written(rec, started, now)
 
         return wrapper
 
@@ -185,6 +196,33 @@ class StageProbe:
 
         return wrapper
 
+    def _install_frame_in(self) -> None:
+        """The clock starts when the ASGI app is handed a ``response.create`` frame
+        (Starlette's ``WebSocket.receive`` returns it) and stops at the end of the first
+        upstream write after it: the gateway's ``UpstreamWS.send_text`` or, in the floor,
+        the ``websockets`` client's ``send``. ``frame_to_issue`` stops when that write
+        is called, before the socket's send system call."""
+        from starlette.websockets import WebSocket
+        from websockets.asyncio.connection import Connection
+
+        probe = self
+        receive = WebSocket.receive
+
+        @functools.wraps(receive)
+        async def timed_receive(self: Any) -> Any:
+            message = await receive(self)
+            if probe.recording:
+                frame = message.get("text") or message.get("bytes") or ""
+                text = frame if isinstance(frame, str) else bytes(frame).decode(errors="replace")
+                if _CREATES.search(text) is not None:
+                    rec = {"continuation": _CONTINUES.search(text) is not None, "_frame_in": _now()}
+                    _record.set(rec)  # a turn task created from here inherits it
+                    probe.records.append(rec)
+            return message
+
+        self._patch(WebSocket, "receive", timed_receive)
+        self._patch(Connection, "send", self._async(Connection.send, None, writes=True))
+
     def _install(self, bare: bool) -> None:
         """Long because it lists every function one turn passes through, each with its
         stage, in the order the turn meets them."""
@@ -207,8 +245,12 @@ class StageProbe:
             if not probe.recording:
                 await run_turn(self, frame, sink)
                 return
-            # a continuation names its previous response (read before the clock starts)
-            rec: dict[str, Any] = {"continuation": _CONTINUES.search(frame) is not None}
+            # the record made when the frame came in; else (no receive seen) a new one
+            rec = _record.get()
+            made = rec is None or "_entry" in rec
+            if made:
+                # a continuation names its previous response (read before the clock starts)
+                rec = {"continuation": _CONTINUES.search(frame) is not None}
             token = _record.set(rec)
             if bare:  # this thread's CPU time too (a read costs ~1 µs: bare runs only)
                 rec["_cpu_entry"] = time.thread_time_ns()
@@ -218,10 +260,11 @@ class StageProbe:
             finally:
                 rec["turn"] = _now() - rec["_entry"]
                 _record.reset(token)
-                probe.records.append(rec)
+                if made:
+                    probe.records.append(rec)
 
         patch(fwd, "run_turn", timed_turn)
-        patch(conn, "send_text", self._async(conn.send_text, "upstream_write", "pre_write"))
+        patch(conn, "send_text", self._async(conn.send_text, "upstream_write", writes=True))
         if bare:
             return
         patch(ctx_pool, "decode_request", self._sync(ctx_pool.decode_request, "decode"))
@@ -247,7 +290,7 @@ class StageProbe:
         patch(fwd, "_finish", self._sync(fwd._finish, "bind"))
         patch(pool.AccountPool, "acquire", self._async(pool.AccountPool.acquire, "acquire"))
         patch(lease.Lease, "release", self._sync(lease.Lease.release, "release"))
-        patch(conn, "stop_watch", self._async(conn.stop_watch, "stop_watch"))
+        patch(conn, "stop_watch", self._sync(conn.stop_watch, "stop_watch"))
         patch(conn, "watch_idle", self._sync(conn.watch_idle, "watch_idle"))
         tracer = tracing.Tracing
         patch(tracer, "child", self._timed_spans(tracer.child))
@@ -264,6 +307,18 @@ class StageProbe:
         sampled = getattr(telemetry, "SampledHistogram", None)
         if sampled is not None:
             patch(sampled, "observe", self._counted(sampled.observe, "metrics"))
+
+
+def _written(rec: dict[str, Any], started: int, now: int) -> None:
+    rec["_written"] = True
+    if "_entry" in rec:
+        rec["pre_issue"] = started - rec["_entry"]
+        rec["pre_write"] = now - rec["_entry"]
+        if "_cpu_entry" in rec:
+            rec["pre_write_cpu"] = time.thread_time_ns() - rec["_cpu_entry"]
+    if "_frame_in" in rec:
+        rec["frame_to_issue"] = started - rec["_frame_in"]
+        rec["frame_to_write"] = now - rec["_frame_in"]
 
 
 def _medians(records: list[dict[str, Any]]) -> dict[str, float | None]:

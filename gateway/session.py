@@ -238,6 +238,9 @@ class ClientSession:
                     await self.sink.close(1012, "server draining")
                     return
                 self.turn_task = asyncio.create_task(self._turn(frame))
+                # Let the turn run up to its upstream write before this loop re-arms its
+                # receive: the turn's step was queued first, so it runs first.
+                await asyncio.sleep(0)
             else:
                 await self.forwarder.on_other_frame(frame, etype, self.sink)
 

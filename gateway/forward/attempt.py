@@ -121,21 +121,28 @@ class WsAttempt:
         self.fwd_headers = fwd_headers
 
     async def run(self, plan: Plan, sink: ClientSink, facts: TurnFacts) -> Delivered | Outcome:
+        """Long because it is one attempt from lease to release; only what the upstream
+        write needs happens before it (the bookkeeping waits until the request is out)."""
         ctx = self.ctx
-        conn, lease = await self._acquire(plan, facts)
-        await conn.stop_watch()
+        conn, lease = await self._acquire(plan)
+        conn.stop_watch()
         broken = True
         try:
             result = prepare(plan, ctx.conn_holds(conn), self.transcript)
             if result is None:
                 broken = False
                 return Outcome.PREVIOUS_NOT_FOUND
-            self._note(result, plan, facts)
             tracker = TurnTracker()
             facts.tracker = tracker
             try:
-                with ctx.tracing.child("upstream.write", **{"gateway.bytes": len(result.payload)}):
-                    await conn.send_text(result.payload, timeout=ctx.cfg.openai_ws.write_timeout_s)
+                if ctx.tracing.enabled:
+                    with ctx.tracing.child(
+                        "upstream.write", **{"gateway.bytes": len(result.payload)}
+                    ):
+                        await conn.send_text(result.payload, ctx.cfg.openai_ws.write_timeout_s)
+                else:
+                    await conn.send_text(result.payload, ctx.cfg.openai_ws.write_timeout_s)
+                self._note(result, plan, facts)
                 await self._relay(conn, tracker, sink, plan.account.id)
             except (UpstreamError, TimeoutError, OSError) as exc:
                 ctx.conn_forget(conn)
@@ -162,39 +169,45 @@ class WsAttempt:
                 conn.watch_idle()  # notice an upstream close while the socket sits in the pool
             # The socket goes back at the terminal event: the binding never holds it.
             lease.release(broken=broken, bound=(not broken and plan.request.store is not True))
+            facts.conn_reused = reused = lease.reused
+            ctx.metrics.pool_acquires.labels(
+                plan.account.id, "reused" if reused else "dialed"
+            ).inc()
         return Delivered(result.request, tracker, conn)
 
-    async def _acquire(self, plan: Plan, facts: TurnFacts) -> tuple[UpstreamWS, Lease]:
+    async def _acquire(self, plan: Plan) -> tuple[UpstreamWS, Lease]:
         ctx = self.ctx
         account = plan.account
         preferred = None if plan.fresh_socket else plan.cont.conn_id
         token = turn_headers.set(self.fwd_headers)
         try:
-            with ctx.tracing.child("pool.acquire", **{"gateway.account": account.id}) as span:
-                lease = await ctx.pools.pool(account.id).acquire(preferred_conn_id=preferred)
-                if span.is_recording():
+            pool = ctx.pools.pool(account.id)
+            if ctx.tracing.enabled:
+                with ctx.tracing.child("pool.acquire", **{"gateway.account": account.id}) as span:
+                    lease = await pool.acquire(preferred_conn_id=preferred)
                     span.set_attribute("gateway.conn_reused", lease.reused)
                     span.set_attribute("gateway.preferred_hit", lease.preferred_hit)
+            else:
+                lease = await pool.acquire(preferred_conn_id=preferred)
         except Exception as exc:
             raise AttemptFailed(
                 classify_exception(exc), detail=str(exc), retry_after_s=_retry_after(exc)
             ) from None
         finally:
             turn_headers.reset(token)
-        facts.conn_reused = lease.reused
-        kind = "reused" if lease.reused else "dialed"
-        ctx.metrics.pool_acquires.labels(account.id, kind).inc()
         conn: UpstreamWS = lease.conn  # type: ignore[assignment]
         return conn, lease
 
     def _note(self, result: NormalizeResult, plan: Plan, facts: TurnFacts) -> None:
+        """What the attempt sent, for metrics and logs (after the write: not on its path)."""
         ctx = self.ctx
+        metrics = ctx.metrics
         decision = result.decision
-        ctx.metrics.normalizer.labels(decision.state.value, decision.reason.value).inc()
+        metrics.normalizer.labels(decision.state.value, decision.reason.value).inc()
         facts.normalizer_state = decision.state.value
         facts.normalizer_reason = decision.reason.value
         if decision.previous_response_id_action == "dropped" and not plan.replay:
-            ctx.metrics.recoveries.labels("socket_state_lost_replay", "attempted").inc()
+            metrics.recoveries.labels("socket_state_lost_replay", "attempted").inc()
         sampler = ctx.payload_sampler
         if sampler.sample():  # only a sampled payload is ever rendered for a log
             log.info(

@@ -169,7 +169,7 @@ class PassthroughForwarder:
         if self.broken or conn.closed:
             await self._upstream_lost(sink, conn.close_info)
             return
-        await conn.stop_watch()
+        conn.stop_watch()
         account_id = self.account.id
         try:
             await conn.send_text(frame, timeout=ws_cfg.write_timeout_s)

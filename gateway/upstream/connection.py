@@ -353,7 +353,7 @@ class UpstreamWS(WSListener):
         if self._close is None:
             self._idle = True
 
-    async def stop_watch(self) -> None:
+    def stop_watch(self) -> None:
         """A lessee takes the socket: messages are queued for it again."""
         self._idle = False
 

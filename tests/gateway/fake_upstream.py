@@ -227,7 +227,7 @@ class FakeSocket:
     def watch_idle(self) -> None:
         pass
 
-    async def stop_watch(self) -> None:
+    def stop_watch(self) -> None:
         pass
 
 

@@ -678,7 +678,7 @@ async def test_a_leased_socket_receives_again_after_stop_watch(server: int) -> N
     conn = await open_conn(f"ws://127.0.0.1:{server}/")
     conn.watch_idle()
     await conn.ping(timeout=DEADLINE_S)  # a pong while idle is not a message
-    await conn.stop_watch()
+    conn.stop_watch()
     await conn.send_text("leased")
     assert await conn.recv(timeout=DEADLINE_S) == "echo:leased"
     assert not conn.closed
