@@ -45,6 +45,7 @@ STAGE_LABELS = {
     "note": "normalizer decision noted (metrics, payload sample)",
     "upstream_write": "upstream write",
     "pre_write": "turn entry → upstream write (this per-stage run)",
+    "pre_issue": "turn entry → upstream write called (this per-stage run)",
     "relay": "relay: first byte → terminal (includes the upstream's own time)",
     "bind": "bind (state store) after the terminal",
     "watch_idle": "idle watcher restarted",
@@ -135,11 +136,21 @@ def ttft_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def turn_entry_to_write(data: dict[str, Any]) -> float | None:
+def turn_entry_to_write(data: dict[str, Any], key: str = "pre_write") -> float | None:
     """The headline per-turn figure: the bare run's (no timer in between), else the
-    per-stage run's (older results)."""
-    bare = dig(data, "stages", "bare", "continuation", "p50_us", "pre_write")
-    return bare if bare is not None else dig(data, "stages", "continuation", "p50_us", "pre_write")
+    per-stage run's (older results). ``pre_issue``: until the write is called."""
+    bare = dig(data, "stages", "bare", "continuation", "p50_us", key)
+    return bare if bare is not None else dig(data, "stages", "continuation", "p50_us", key)
+
+
+# The bare run's two clocks, and the floor's (the same turns through bench/floor_relay.py).
+BARE_ROWS = (
+    ("pre_write", "turn entry → upstream write done, wall time"),
+    ("pre_write_cpu", "turn entry → upstream write done, this thread's CPU"),
+    ("pre_issue", "turn entry → upstream write called"),
+    ("frame_to_issue", "frame in (ASGI receive) → upstream write called"),
+    ("frame_to_write", "frame in (ASGI receive) → upstream write done"),
+)
 
 
 def stage_table(data: dict[str, Any]) -> list[str]:
@@ -159,18 +170,20 @@ def stage_table(data: dict[str, Any]) -> list[str]:
     lines.append(f"| turns measured | {cont['turns']} | {every['turns']} |")
     bare = stages.get("bare")
     if bare:
+        floor = stages.get("floor", {})
         lines += [
             "",
-            "Timed at its two ends only (no timer in between; the figure the target is held to):",
+            "Timed at its ends only (no timer in between; the first row is the figure the"
+            " target is held to). The floor column: the same turns through the floor relay,"
+            " from the frame's arrival to its upstream write:",
             "",
-            "| turn entry → upstream write, bare run | continuation turns, p50 µs |"
-            " all turns, p50 µs |",
+            "| bare run, continuation turns, p50 µs | gateway ctx_pool | floor |",
             "|---|---:|---:|",
         ]
-        for key, label in (("pre_write", "wall time"), ("pre_write_cpu", "this thread's CPU")):
+        for key, label in BARE_ROWS:
             lines.append(
                 f"| {label} | {fmt(dig(bare, 'continuation', 'p50_us', key), 1)} |"
-                f" {fmt(dig(bare, 'all', 'p50_us', key), 1)} |"
+                f" {fmt(dig(floor, 'continuation', 'p50_us', key), 1)} |"
             )
     return lines
 
@@ -227,9 +240,10 @@ def targets(data: dict[str, Any]) -> list[str]:
             + " |"
         )
     pre = turn_entry_to_write(data)
+    issued = turn_entry_to_write(data, "pre_issue")
     out.append(
         "| turn entry → upstream write p50 ≤ 50 µs (10 KB continuation, one pending call) | | "
-        f"{fmt(pre, 1)} µs {_verdict(pre, 50.0)} |"
+        f"{fmt(pre, 1)} µs {_verdict(pre, 50.0)} (write called at {fmt(issued, 1)} µs) |"
     )
     faults = data.get("faults", {})
     for key, label, limit, good_high in (
@@ -295,9 +309,14 @@ def readme_block(data: dict[str, Any]) -> str:
     ]
     pre = turn_entry_to_write(data)
     if pre is not None:
+        issued = turn_entry_to_write(data, "pre_issue")
+        gateway_frame = dig(data, "stages", "bare", "continuation", "p50_us", "frame_to_write")
+        floor_frame = dig(data, "stages", "floor", "continuation", "p50_us", "frame_to_write")
         lines += [
             f"In-process cost of a 10 KB tool-loop continuation, turn entry → upstream write:"
-            f" **{pre:.1f} µs** p50 (`python -m bench --stages`).",
+            f" **{pre:.1f} µs** p50 (the write called at {fmt(issued, 1)} µs); from the"
+            f" frame's arrival to the upstream write done: {fmt(gateway_frame, 1)} µs, the"
+            f" floor {fmt(floor_frame, 1)} µs (`python -m bench --stages`).",
             "",
         ]
     frames = dig(data, "frame_layer", "client_cpu_us_per_frame") or {}

@@ -178,12 +178,27 @@ def test_a_litellm_scenario_that_failed_is_named_with_its_error() -> None:
 def test_the_bare_run_is_the_figure_held_to_the_target() -> None:
     data = result()
     data["stages"]["bare"] = {
-        "continuation": {"turns": 4, "p50_us": {"pre_write": 61.5, "pre_write_cpu": 60.0}},
+        "continuation": {
+            "turns": 4,
+            "p50_us": {
+                "pre_write": 61.5,
+                "pre_write_cpu": 60.0,
+                "pre_issue": 30.5,
+                "frame_to_write": 90.0,
+            },
+        },
         "all": {"turns": 8, "p50_us": {"pre_write": 58.0, "pre_write_cpu": 57.5}},
+    }
+    data["stages"]["floor"] = {
+        "continuation": {"turns": 4, "p50_us": {"frame_to_write": 45.0}},
+        "all": {"turns": 8, "p50_us": {"frame_to_write": 44.0}},
     }
     lines = markdown(data).splitlines()
     pre = next(x for x in lines if "turn entry → upstream write p50 ≤ 50 µs" in x)
-    assert "61.5 µs **MISSED**" in pre  # the bare run's 61.5, not the per-stage 42.0
-    assert "| wall time | 61.5 | 58.0 |" in lines
-    assert "| this thread's CPU | 60.0 | 57.5 |" in lines
-    assert "**61.5 µs** p50" in readme_block(data)
+    assert "61.5 µs **MISSED** (write called at 30.5 µs)" in pre  # the bare run's, not 42.0
+    assert "| turn entry → upstream write done, wall time | 61.5 | - |" in lines
+    assert "| turn entry → upstream write done, this thread's CPU | 60.0 | - |" in lines
+    assert "| frame in (ASGI receive) → upstream write done | 90.0 | 45.0 |" in lines
+    readme = readme_block(data)
+    assert "**61.5 µs** p50 (the write called at 30.5 µs)" in readme
+    assert "upstream write done: 90.0 µs, the floor 45.0 µs" in readme
