@@ -270,7 +270,7 @@ def test_updates_on_a_labelled_parent_raise_as_in_stock() -> None:
     counters = pair.make(COUNTER, "c", "c", ["mode"])
     gauges = pair.make(GAUGE, "g", "g", ["mode"])
     hists = pair.make(HISTOGRAM, "h_seconds", "h", ["mode"])
-    calls = [
+    calls: list[Callable[[Any, Any, Any], object]] = [
         lambda c, g, h: c.inc(),
         lambda c, g, h: g.set(1),
         lambda c, g, h: g.inc(),
@@ -332,7 +332,8 @@ def workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callabl
     made: list[Any] = []
 
     def worker() -> Metrics:
-        value_class = values.MultiProcessValue(process_identifier=lambda n=len(made): n + 1)
+        ident = len(made) + 1
+        value_class = values.MultiProcessValue(lambda: ident)  # type: ignore[no-untyped-call]
         made.append(value_class)
         monkeypatch.setattr(values, "ValueClass", value_class)
         return Metrics(accounts=["acct-a"])
