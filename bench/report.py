@@ -53,8 +53,8 @@ STAGE_LABELS = {
     "turn": "whole turn",
     "spans": "all span work in the turn (creation, enter, exit)",
     "spans_calls": "spans entered per turn (count)",
-    "metrics": "all Prometheus work in the turn (labels, inc, observe)",
-    "metrics_calls": "Prometheus calls per turn (count)",
+    "metrics": "Prometheus label lookups in the turn (lock-free updates are not timed)",
+    "metrics_calls": "Prometheus label lookups per turn (count)",
 }
 
 

@@ -295,7 +295,8 @@ class StageProbe:
         tracer = tracing.Tracing
         patch(tracer, "child", self._timed_spans(tracer.child))
         patch(tracer, "turn_span", self._timed_spans(tracer.turn_span))
-        # Every labels() call, whether prometheus-client answers it or the gateway's cache.
+        # Every labels() call, whether prometheus-client answers it or the gateway's cache;
+        # the gateway's lock-free updates are per-series closures no class patch reaches.
         base = prom.MetricWrapperBase
         patch(base, "labels", self._counted(base.labels, "metrics"))
         patch(prom.Counter, "inc", self._counted(prom.Counter.inc, "metrics"))
