@@ -10,6 +10,7 @@ from normalizer.snapshot import (
     RequestSnapshot,
     decode_request,
     encode_request,
+    encode_request_bytes,
     item_from_raw,
     make_item,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "aborted_output",
     "decode_request",
     "encode_request",
+    "encode_request_bytes",
     "expand_to_full",
     "item_from_raw",
     "make_item",

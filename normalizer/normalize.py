@@ -35,7 +35,13 @@ from collections.abc import Collection, Sequence
 
 import msgspec
 
-from normalizer.snapshot import Item, RequestSnapshot, encode_request, make_item
+from normalizer.snapshot import (
+    Item,
+    RequestSnapshot,
+    encode_request,
+    encode_request_bytes,
+    make_item,
+)
 from normalizer.types import (
     ContinuationState,
     Decision,
@@ -256,7 +262,7 @@ def classify(*, repaired: bool, unknown: bool, previous_unavailable: bool) -> In
 
 def settle(
     request: RequestSnapshot, prev: str | None, items: Sequence[Item] | None
-) -> tuple[RequestSnapshot, bytes]:
+) -> tuple[RequestSnapshot, str | bytes]:
     """The request with ``prev`` and (when given) ``items``, encoded once. A changed
     request carries its new bytes as ``raw`` and is no longer marked changed, so
     ``encode_request`` on it returns those bytes; an unchanged one is returned as is."""
@@ -385,4 +391,4 @@ def to_http_body(request: RequestSnapshot) -> bytes:
     A ``previous_response_id`` left on the request is kept: over HTTP the upstream
     continues a stored response by id (an expanded request has none)."""
     body = request.without_fields("type", "generate", "stream").with_field("stream", b"true")
-    return encode_request(body)
+    return encode_request_bytes(body)

@@ -72,7 +72,10 @@ def make_item(obj: dict[str, Any]) -> Item:
 
 
 class RequestSnapshot(msgspec.Struct, frozen=True):
-    raw: bytes
+    # The frame as it came: a WebSocket text frame's str (decoded as is: copying it into
+    # bytes would cost a fresh allocation per turn that the transcript then keeps), or
+    # an HTTP body's bytes. Items and fields are raw views into it.
+    raw: str | bytes
     items: tuple[Item, ...]
     type: str
     model: str | None
@@ -167,12 +170,10 @@ _AT_FIELD = re.compile(r"- at `\$\.([A-Za-z_]+)`")
 def decode_request(frame: bytes | str) -> RequestSnapshot:
     """Decode a request frame; any frame that cannot be used raises RequestDecodeError."""
     try:
-        data = frame.encode() if isinstance(frame, str) else frame
+        head = _head_decoder.decode(frame)
+        items = _items_of(head.input)
     except UnicodeEncodeError:
         raise RequestDecodeError("request text is not valid UTF-8 (lone surrogate)") from None
-    try:
-        head = _head_decoder.decode(data)
-        items = _items_of(head.input)
     except RecursionError:
         raise RequestDecodeError("JSON nesting is too deep") from None
     except msgspec.ValidationError as exc:
@@ -180,7 +181,7 @@ def decode_request(frame: bytes | str) -> RequestSnapshot:
     except msgspec.DecodeError as exc:
         raise RequestDecodeError(f"malformed JSON: {exc}") from None
     return RequestSnapshot(
-        raw=data,
+        raw=frame,
         items=items,
         type=head.type or "response.create",
         model=head.model,
@@ -227,11 +228,17 @@ def _encode_items(items: tuple[Item, ...]) -> msgspec.Raw:
     return msgspec.Raw(b"[" + b",".join(memoryview(item.raw) for item in items) + b"]")
 
 
-def encode_request(snap: RequestSnapshot) -> bytes:
-    """The original bytes when nothing changed; else only changed fields are re-encoded."""
+def encode_request(snap: RequestSnapshot) -> str | bytes:
+    """The original frame when nothing changed; else only changed fields are re-encoded."""
     if not snap.changed:
         return snap.raw
     fields = dict(snap.fields)
     if not snap.input_is_string and (snap.input_present or snap.items):
         fields["input"] = _encode_items(snap.items)
     return _encoder.encode(fields)
+
+
+def encode_request_bytes(snap: RequestSnapshot) -> bytes:
+    """``encode_request`` as bytes (an HTTP body)."""
+    encoded = encode_request(snap)
+    return encoded.encode() if isinstance(encoded, str) else encoded

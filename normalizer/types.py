@@ -57,12 +57,12 @@ class Decision(msgspec.Struct, frozen=True):
 
 
 class NormalizeResult(msgspec.Struct, frozen=True):
-    """``payload`` is the request's bytes, encoded once: ``request.raw`` is the same
+    """``payload`` is the request as sent, encoded once: ``request.raw`` is the same
     object, so ``encode_request(request)`` returns it without encoding again (and an
-    unchanged request keeps the very bytes that came in)."""
+    unchanged request keeps the very frame that came in)."""
 
     request: RequestSnapshot
-    payload: bytes
+    payload: str | bytes
     decision: Decision
 
 

@@ -100,6 +100,10 @@ def prepare(plan: Plan, holder: str | None, transcript: Transcript) -> Normalize
     return result
 
 
+def _byte_size(payload: str | bytes) -> int:
+    return len(payload if isinstance(payload, bytes) or payload.isascii() else payload.encode())
+
+
 def _retry_after(exc: BaseException) -> float | None:
     cause = exc.__cause__ if isinstance(exc, DialFailed) else exc
     if isinstance(cause, HandshakeRejected):
@@ -136,9 +140,8 @@ class WsAttempt:
             facts.tracker = tracker
             try:
                 if ctx.tracing.enabled:
-                    with ctx.tracing.child(
-                        "upstream.write", **{"gateway.bytes": len(result.payload)}
-                    ):
+                    size = _byte_size(result.payload)
+                    with ctx.tracing.child("upstream.write", **{"gateway.bytes": size}):
                         await conn.send_text(result.payload, ctx.cfg.openai_ws.write_timeout_s)
                 else:
                     await conn.send_text(result.payload, ctx.cfg.openai_ws.write_timeout_s)
@@ -215,7 +218,7 @@ class WsAttempt:
                 extra={
                     "event": "payload_sample",
                     "account_id": plan.account.id,
-                    "bytes": len(result.payload),
+                    "bytes": _byte_size(result.payload),
                     "payload": sampler.render(result.payload),
                 },
             )

@@ -51,7 +51,13 @@ from gateway.recovery import (
 )
 from gateway.turn import TurnTracker, UpstreamErrorInfo
 from gateway.upstream.headers import forwarded_headers, session_key
-from normalizer import ContinuationState, PendingCall, RequestSnapshot, encode_request, normalize
+from normalizer import (
+    ContinuationState,
+    PendingCall,
+    RequestSnapshot,
+    encode_request_bytes,
+    normalize,
+)
 from statestore import TurnBinding
 
 log = logging.getLogger("gateway.http_turn")
@@ -65,7 +71,7 @@ class _ErrorEnvelope(msgspec.Struct):
 
 def http_body(request: RequestSnapshot) -> bytes:
     """What goes upstream: the request without the WebSocket-only fields."""
-    return encode_request(request.without_fields("type", "generate"))
+    return encode_request_bytes(request.without_fields("type", "generate"))
 
 
 class HttpTurn:
