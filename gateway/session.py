@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gateway.auth import ClientIdentity
 from gateway.events import error_event, event_type
 from gateway.guard import log_client_mistake
+from gateway.idle import IdleTimer
 from gateway.ingress import text_frame_writer
 
 log = logging.getLogger("gateway.session")
@@ -147,6 +148,7 @@ class ClientSession:
         self.idle_timeout_s = idle_timeout_s
         self.first_message_timeout_s = first_message_timeout_s
         self.turn_task: asyncio.Task[None] | None = None
+        self._idle = IdleTimer(asyncio.get_running_loop(), lambda: self.in_turn)
         self.draining = False
         self.drain_close_code = 1012
 
@@ -155,6 +157,7 @@ class ClientSession:
         try:
             await self._read_loop()
         finally:
+            self._idle.close()
             self.sink.gone = True
             if self.turn_task is not None:
                 # The client left mid-turn; let the turn drain to its terminal event.
@@ -164,16 +167,19 @@ class ClientSession:
             self.registry.sessions.discard(self)
 
     async def _receive(self, timeout: float) -> str | None:
+        idle = self._idle
+        idle.arm(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                message = await self.websocket.receive()
-        except TimeoutError:
-            if self.turn_task is not None and not self.turn_task.done():
-                return ""  # a long turn is not idleness
+            message = await self.websocket.receive()
+        except asyncio.CancelledError:
+            if not idle.expired():
+                raise
             await self.sink.close(1001, "idle timeout")
             return None
         except (WebSocketDisconnect, RuntimeError):
             return None
+        finally:
+            idle.disarm()
         kind = message["type"]
         if kind == "websocket.disconnect":
             self.sink.closed_code = message.get("code")

@@ -352,3 +352,24 @@ async def test_a_stored_response_continued_with_store_false_from_a_new_socket(
                 await ws2.close()
                 await busy.close()
             assert second[-1]["type"] == "response.completed", second[-1]
+
+
+async def test_an_idle_client_socket_is_closed_but_a_long_turn_is_not_idleness(
+    sim: SimProcess,
+) -> None:
+    sim.control.reset()
+    server = {"first_message_timeout_s": 0.3, "client_idle_timeout_s": 0.3}
+    with run_gateway(gateway_config(sim.base_url, overrides={"server": server})) as gw:
+        silent = await open_ws(gw.ws_url, auth_headers())
+        await silent.wait_closed()  # sent nothing: closed at its first-message deadline
+        assert silent.close_code == 1001 and silent.close_reason == "idle timeout"
+
+        ws = await open_ws(gw.ws_url, auth_headers())
+        # 40 deltas 20 ms apart: a turn of ~0.8 s, over twice the idle timeout.
+        await ws.send(create("long [[sim deltas=40 delay_ms=20]]"))
+        events = await read_turn(ws, timeout=30)
+        assert events[-1]["type"] == "response.completed"
+        await ws.send(create("again"))  # the socket is still open after the long turn
+        assert (await read_turn(ws))[-1]["type"] == "response.completed"
+        await ws.wait_closed()  # then idle: closed
+        assert ws.close_code == 1001
