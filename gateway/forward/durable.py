@@ -127,13 +127,14 @@ class DurableTranscript:
 
         async def current() -> bool | None:
             # Another instance may have taken the conversation over since: never reset the
-            # list under it. None: the store did not answer (that try is spent).
+            # list under it. No session at all (a Redis that lost its data) is nobody's.
+            # None: the store did not answer (that try is spent).
             found = await self.ctx.store.lookup(
                 self.group, response_id=None, session_key=self.session_key
             )
             if found.degraded:
                 return None
-            return found.session_last_response_id == response_id
+            return found.session_last_response_id in (None, response_id)
 
         written, error = await writer.write_again(binding, current, self.close_retry)
         fields = {"response_id": response_id, "session_key": self.session_key}
