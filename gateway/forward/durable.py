@@ -8,6 +8,11 @@ conversation over ``durable_transcript_max_bytes`` stops being kept (its list is
 until it starts over. When a ``store: false`` continuation arrives on an instance that
 has neither the upstream socket nor the transcript, ``rebuild`` restores the transcript
 from the list if, and only if, the chain ends exactly at the previous response.
+
+A failed write is made good by the socket's next turn. When there is none (the socket
+closes: the client left, or the instance drains), ``write_on_close`` writes the whole
+conversation once more with the last turn's binding: a few tries within a short budget,
+and only while no other instance has moved the session on.
 """
 
 from __future__ import annotations
