@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from opentelemetry import context as otel_context
 
@@ -21,6 +23,24 @@ from gateway.tracing import Tracing
 from statestore import StateStore, TurnBinding
 
 log = logging.getLogger("gateway.binder")
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """A bounded retry: ``attempts`` tries, ``backoff_s`` before the second (doubled after
+    each), all within ``budget_s``. No try starts (and no backoff is waited) past the budget
+    on ``clock``; whatever runs over it on the loop's clock is cut off."""
+
+    attempts: int
+    backoff_s: float
+    budget_s: float
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class BindWriter:
@@ -46,6 +66,7 @@ class BindWriter:
         self._on_busy = on_busy
         self._on_idle = on_idle
         self._on_failed = on_failed
+        self.last: TurnBinding | None = None  # the newest binding submitted
 
     @property
     def pending(self) -> int:
@@ -54,6 +75,7 @@ class BindWriter:
     def submit(self, binding: TurnBinding) -> None:
         """Queue a binding; returns at once. A store that binds without I/O (in-process)
         is written right here when nothing is queued: no task, no loop iteration."""
+        self.last = binding
         if self._task is None and self._tracing is None:
             outcome = self._store.bind_turn_nowait(binding)
             if outcome is not None:
@@ -99,3 +121,56 @@ class BindWriter:
         """Wait until every queued binding has been written (or has failed)."""
         while self._task is not None:
             await asyncio.shield(self._task)
+
+    async def write_again(
+        self,
+        binding: TurnBinding,
+        current: Callable[[], Awaitable[bool | None]],
+        retry: Retry,
+    ) -> tuple[bool, str | None]:
+        """Write one binding once more (after ``flush``), retrying within ``retry``. Each
+        try first asks ``current()``: False when someone else has moved on since (then
+        nothing is written), None when the store cannot tell (the try is spent). Returns
+        (written, the last error when not written and not superseded). Counts as work in
+        flight, so a drain waits for it."""
+        if self._on_busy is not None:
+            self._on_busy()
+        try:
+            return await self._write_again(binding, current, retry)
+        finally:
+            if self._on_idle is not None:
+                self._on_idle()
+
+    async def _write_again(
+        self,
+        binding: TurnBinding,
+        current: Callable[[], Awaitable[bool | None]],
+        retry: Retry,
+    ) -> tuple[bool, str | None]:
+        error = "no time left to write"
+        started = retry.clock()
+        try:
+            async with asyncio.timeout(retry.budget_s):
+                for attempt in range(retry.attempts):
+                    if attempt:
+                        delay = retry.backoff_s * 2 ** (attempt - 1)
+                        if retry.clock() - started + delay >= retry.budget_s:
+                            break
+                        await retry.sleep(delay)
+                    still = await current()
+                    if still is False:
+                        return False, None
+                    if still is None:
+                        error = "the store did not answer"
+                        continue
+                    try:
+                        outcome = await self._store.bind_turn(binding)
+                    except Exception as exc:  # the store reports its own; see _drain
+                        error = _describe(exc)
+                        continue
+                    if outcome.ok:
+                        return True, None
+                    error = outcome.error or "not written"
+        except TimeoutError:
+            error = f"{error}; out of time"
+        return False, error

@@ -309,5 +309,8 @@ class CtxPoolForwarder(RecoveryHandlers):
         )
 
     async def aclose(self) -> None:
-        self.transcript.close()
-        await self.binder.flush()
+        try:
+            await self.binder.flush()
+            await self.durable.write_on_close(self.binder)  # needs the transcript: first
+        finally:
+            self.transcript.close()

@@ -8,18 +8,33 @@ conversation over ``durable_transcript_max_bytes`` stops being kept (its list is
 until it starts over. When a ``store: false`` continuation arrives on an instance that
 has neither the upstream socket nor the transcript, ``rebuild`` restores the transcript
 from the list if, and only if, the chain ends exactly at the previous response.
+
+A failed write is made good by the socket's next turn. When there is none (the socket
+closes: the client left, or the instance drains), ``write_on_close`` writes the whole
+conversation once more with the last turn's binding: a few tries within a short budget,
+and only while no other instance has moved the session on.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import msgspec
 
 from gateway.context import GatewayContext
+from gateway.forward.binder import BindWriter, Retry
 from gateway.transcript import Transcript
 from normalizer import RequestSnapshot
-from statestore import TranscriptDelta, chain_items
+from statestore import TranscriptDelta, TurnBinding, chain_items
+
+log = logging.getLogger("gateway.durable")
+
+# The write on close: a few tries, a short backoff, and at most a second (half the drain
+# timeout when that is shorter), so it never eats the drain's grace.
+CLOSE_ATTEMPTS = 3
+CLOSE_BACKOFF_S = 0.05
+CLOSE_BUDGET_S = 1.0
 
 
 class DurableTranscript:
@@ -40,6 +55,8 @@ class DurableTranscript:
         self.nbytes = 0
         self.resync = True  # the next delta is the whole conversation
         self.over = False  # over the bound: not kept until the conversation starts over
+        drain_s = ctx.cfg.server.drain_timeout_s
+        self.close_retry = Retry(CLOSE_ATTEMPTS, CLOSE_BACKOFF_S, min(CLOSE_BUDGET_S, drain_s / 2))
 
     def delta(
         self, sent: RequestSnapshot, output: Sequence[msgspec.Raw], response_id: str
@@ -91,3 +108,56 @@ class DurableTranscript:
         self.nbytes = self.transcript.nbytes
         self.resync = self.over = False  # the stored chain ends where this one does
         return True
+
+    def unsaved(self, last: TurnBinding | None) -> TurnBinding | None:
+        """``last`` (the socket's newest binding) carrying the whole conversation, when a
+        write failed since the last whole one and nothing made it good; else None."""
+        if not self.enabled or not self.resync or self.over or last is None:
+            return None
+        items = self.transcript.items
+        if items is None or self.transcript.response_id != last.response_id:
+            return None  # the socket no longer holds what that turn left
+        delta = TranscriptDelta(None, last.response_id, [item.raw for item in items])
+        if delta.nbytes > self.max_bytes:
+            return None
+        return msgspec.structs.replace(last, transcript=delta, drop_transcript=False)
+
+    async def write_on_close(self, writer: BindWriter) -> None:
+        """After the socket's last binding was written or failed (``writer.flush``): if the
+        durable chain is left short, write it whole once more (see the module doc)."""
+        binding = self.unsaved(writer.last)
+        if binding is None:
+            return
+        response_id = binding.response_id
+
+        async def current() -> bool | None:
+            # Another instance may have taken the conversation over since: never reset the
+            # list under it. No session at all (a Redis that lost its data) is nobody's.
+            # None: the store did not answer (that try is spent).
+            found = await self.ctx.store.lookup(
+                self.group, response_id=None, session_key=self.session_key
+            )
+            if found.degraded:
+                return None
+            return found.session_last_response_id in (None, response_id)
+
+        written, error = await writer.write_again(binding, current, self.close_retry)
+        fields = {"response_id": response_id, "session_key": self.session_key}
+        if written:
+            self.resync = False
+            log.info(
+                "durable transcript written on close",
+                extra={"event": "durable_written_on_close", **fields},
+            )
+        elif error is None:
+            log.info(
+                "durable transcript left to the instance that took the session over",
+                extra={"event": "durable_superseded_on_close", **fields},
+            )
+        else:
+            log.warning(
+                "durable transcript lost on close response_id=%s: %s",
+                response_id,
+                error,
+                extra={"event": "durable_lost_on_close", "error": error, **fields},
+            )

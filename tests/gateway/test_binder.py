@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.config import TelemetryConfig
-from gateway.forward.binder import BindWriter
+from gateway.forward.binder import BindWriter, Retry
 from gateway.tracing import Tracing
 from statestore import BindOutcome, TurnBinding, open_store
 
@@ -121,3 +121,30 @@ async def test_an_in_process_store_is_written_at_submit_without_a_task() -> None
     assert writer.pending == 0 and busy == []  # done already: nothing queued, no task
     found = await store.lookup("g", response_id="resp_1", session_key="s")
     assert found.account_id == "acct-0" and found.session_last_response_id == "resp_1"
+
+
+async def test_write_again_counts_as_work_and_reports_a_store_bug_as_its_error() -> None:
+    store = GatedStore(fail_on="resp_1")
+    store.gate.set()
+    busy: list[str] = []
+    writer = BindWriter(
+        store,  # type: ignore[arg-type]
+        on_busy=lambda: busy.append("busy"),
+        on_idle=lambda: busy.append("idle"),
+    )
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def current() -> bool:
+        return True
+
+    retry = Retry(2, 0.01, 1.0, sleep=sleep)
+    assert await writer.write_again(binding(1), current, retry) == (
+        False,
+        "RuntimeError: store bug",
+    )
+    assert busy == ["busy", "idle"] and slept == [0.01]
+    assert await writer.write_again(binding(2), current, retry) == (True, None)
+    assert store.written == ["resp_2"]
