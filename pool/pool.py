@@ -141,6 +141,27 @@ class AccountPool:
             if self.config.min_idle > len(self._idle):
                 self._maybe_prewarm()
 
+    def acquire_ready(self, *, preferred_conn_id: str | None = None) -> Lease | None:
+        """A lease at once, without a coroutine, when an idle socket is leasable as is
+        (the preferred one, else the cheapest); None: ``acquire`` must vet, dial or wait.
+        The common turn (its own socket back from the pool, recently used) never awaits."""
+        if self._closed:
+            return None
+        idle = self._idle
+        entry = idle.get(preferred_conn_id) if preferred_conn_id is not None else None
+        preferred = entry is not None
+        if entry is None:
+            entry = idle.peek()
+        if entry is None or not self._ready(entry):
+            return None
+        idle.remove(entry.conn_id)
+        if preferred:
+            self._counts.preferred_hits += 1
+        lease = self._lease(entry, True, preferred, 0.0)
+        if self.config.min_idle > len(idle):
+            self._maybe_prewarm()
+        return lease
+
     def _lease(self, entry: Entry, reused: bool, preferred_hit: bool, waited_s: float) -> Lease:
         self._counts.acquires += 1
         self._leased += 1

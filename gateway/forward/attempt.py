@@ -128,7 +128,15 @@ class WsAttempt:
         """Long because it is one attempt from lease to release; only what the upstream
         write needs happens before it (the bookkeeping waits until the request is out)."""
         ctx = self.ctx
-        conn, lease = await self._acquire(plan)
+        preferred = None if plan.fresh_socket else plan.cont.conn_id
+        lease = (
+            None  # traced: the acquire gets its span
+            if ctx.tracing.enabled
+            else ctx.pools.pool(plan.account.id).acquire_ready(preferred_conn_id=preferred)
+        )
+        if lease is None:
+            lease = await self._acquire(plan, preferred)
+        conn: UpstreamWS = lease.conn  # type: ignore[assignment]
         conn.stop_watch()
         broken = True
         try:
@@ -178,10 +186,11 @@ class WsAttempt:
             ).inc()
         return Delivered(result.request, tracker, conn)
 
-    async def _acquire(self, plan: Plan) -> tuple[UpstreamWS, Lease]:
+    async def _acquire(self, plan: Plan, preferred: str | None) -> Lease:
+        """A socket that needs vetting, dialling or waiting for (``acquire_ready`` had
+        none leasable as is)."""
         ctx = self.ctx
         account = plan.account
-        preferred = None if plan.fresh_socket else plan.cont.conn_id
         token = turn_headers.set(self.fwd_headers)
         try:
             pool = ctx.pools.pool(account.id)
@@ -198,8 +207,7 @@ class WsAttempt:
             ) from None
         finally:
             turn_headers.reset(token)
-        conn: UpstreamWS = lease.conn  # type: ignore[assignment]
-        return conn, lease
+        return lease
 
     def _note(self, result: NormalizeResult, plan: Plan, facts: TurnFacts) -> None:
         """What the attempt sent, for metrics and logs (after the write: not on its path)."""

@@ -54,6 +54,29 @@ async def test_release_then_acquire_reuses_and_preferred_is_the_fast_path() -> N
     assert (stats.size, stats.idle, stats.leased) == (2, 0, 2)
 
 
+async def test_a_socket_ready_as_is_is_leased_without_awaiting() -> None:
+    pool, dialer, clock = make_pool(ping_before_lease_idle_s=10)
+    assert pool.acquire_ready() is None  # nothing idle: acquire must dial
+    a = await pool.acquire()
+    b = await pool.acquire()
+    a.release()
+    clock.advance(1)
+    b.release()
+    mine = pool.acquire_ready(preferred_conn_id=a.conn_id)
+    assert mine is not None and mine.conn_id == a.conn_id and mine.preferred_hit and mine.reused
+    mine.release()
+    clock.advance(1)
+    cheapest = pool.acquire_ready()  # no preference: the least recently used unbound one
+    assert cheapest is not None and cheapest.conn_id == b.conn_id and not cheapest.preferred_hit
+    cheapest.release()
+    clock.advance(10)  # a: quiet past the ping threshold, it needs a ping first
+    assert pool.acquire_ready(preferred_conn_id=a.conn_id) is None
+    pinged = await pool.acquire(preferred_conn_id=a.conn_id)
+    assert pinged.conn_id == a.conn_id and dialer.by_id(a.conn_id).pings == 1
+    stats = pool.stats()
+    assert (stats.acquires, stats.reuses, stats.preferred_hits) == (5, 3, 2)
+
+
 async def test_preferred_that_is_gone_gets_another_socket() -> None:
     pool, _, _ = make_pool()
     gone = await pool.acquire()

@@ -128,6 +128,25 @@ class PoolMachine(RuleBasedStateMachine):
             lease = task.result()
             assert lease.conn_id == preferred and lease.preferred_hit and lease.reused
 
+    @rule(prefer=st.booleans(), pick=st.integers(0, 5))
+    def acquire_ready(self, prefer: bool, pick: int) -> None:
+        """The no-await path leases only a socket that needs nothing done to it first."""
+        idle = self.idle_ids()
+        preferred = idle[pick % len(idle)] if prefer and idle else None
+        lease = self.pool.acquire_ready(preferred_conn_id=preferred)
+        if lease is None:
+            return
+        conn = lease.conn
+        assert isinstance(conn, FakeConn)
+        now = self.clock()
+        assert not conn.closed and now - conn.dialed_at < CFG.max_age_s
+        alive = max(conn.dialed_at, conn.answered_at, self.released_at.get(conn.conn_id, 0.0))
+        assert now - alive < CFG.ping_before_lease_idle_s, "leased a socket that needed a ping"
+        assert lease.reused and lease.preferred_hit == (lease.conn_id == preferred)
+        if preferred is not None:
+            assert lease.conn_id == preferred  # the preferred one, when it is leasable
+        self.leases.append(lease)
+
     @precondition(lambda self: self.leases)
     @rule(i=st.integers(0, 10), broken=st.booleans(), bound=st.booleans())
     def release(self, i: int, broken: bool, bound: bool) -> None:
