@@ -232,7 +232,9 @@ class Gateway:
             first_message_timeout_s=ctx.cfg.server.first_message_timeout_s,
         )
         try:
-            await session.run()
+            # In a task of its own: each client frame then resumes this short chain, not
+            # the dozen middleware, routing and guard frames the ASGI call runs under.
+            await asyncio.get_running_loop().create_task(session.run())
         finally:
             metrics.sessions.dec()
 
