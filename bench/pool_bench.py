@@ -18,6 +18,7 @@ import statistics
 import time
 
 from pool import AccountPool, PoolConfig
+from pool.invariants import check_invariants
 
 SIZES = (10, 100, 1_000, 10_000)
 BATCH = 1_000
@@ -72,7 +73,7 @@ async def measure(size: int, batches: int = 30) -> dict[str, float]:
     stats = pool.stats()
     assert stats.idle == size and stats.dials == size, "the bench must only reuse"
     assert stats.preferred_hits == batches * BATCH, "every preferred socket was idle"
-    pool._check_invariants()
+    check_invariants(pool)
     await pool.aclose()
     return {
         "size": size,

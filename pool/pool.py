@@ -103,19 +103,6 @@ class AccountPool:
             prewarm_gate_trips=self._prewarm_gate.trips,
         )
 
-    def _check_invariants(self) -> None:
-        """Heap and index agree, every idle socket is owned, limits hold (tests)."""
-        self._idle.check()
-        for entry in self._idle:
-            if self._conns.get(entry.conn_id) is not entry:
-                raise AssertionError(f"idle {entry.conn_id} is not owned by the pool")
-        if not 0 <= self._dialing or not 0 <= self._leased <= len(self._conns) - len(self._idle):
-            raise AssertionError(f"counts off: dialing={self._dialing} leased={self._leased}")
-        if self.size > self.config.max_conns:
-            raise AssertionError(f"{self.size} sockets exceed max_conns={self.config.max_conns}")
-        if self._waiters.anyone_waiting() and (self._idle or self.size < self.config.max_conns):
-            raise AssertionError("waiters queued while a socket or a slot is free")
-
     # -- acquire -----------------------------------------------------------------------
     async def acquire(
         self, *, preferred_conn_id: str | None = None, timeout: float | None = None
@@ -143,8 +130,7 @@ class AccountPool:
 
     def acquire_ready(self, *, preferred_conn_id: str | None = None) -> Lease | None:
         """A lease at once, without a coroutine, when an idle socket is leasable as is
-        (the preferred one, else the cheapest); None: ``acquire`` must vet, dial or wait.
-        The common turn (its own socket back from the pool, recently used) never awaits."""
+        (the preferred one, else the cheapest); None: ``acquire`` must vet, dial or wait."""
         if self._closed:
             return None
         idle = self._idle

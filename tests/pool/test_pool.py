@@ -15,6 +15,7 @@ from pool import (
     PoolError,
     PoolExhausted,
 )
+from pool.invariants import check_invariants
 from tests.pool.fakes import FakeConn, FakeDialer
 from tests.support import FakeClock, eventually
 
@@ -209,7 +210,7 @@ async def test_wait_times_out_with_a_clear_error() -> None:
         await pool.acquire(timeout=0.01)
     stats = pool.stats()
     assert (stats.exhausted, stats.waiters) == (1, 0)
-    pool._check_invariants()
+    check_invariants(pool)
 
 
 async def test_cancelled_waiter_handed_a_socket_puts_it_back() -> None:
@@ -221,7 +222,7 @@ async def test_cancelled_waiter_handed_a_socket_puts_it_back() -> None:
     waiter.cancel()  # ...which is cancelled before it runs
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    pool._check_invariants()
+    check_invariants(pool)
     assert pool.has_idle(held.conn_id) and pool.stats().waiters == 0
     lease = await pool.acquire(timeout=0.1)
     assert lease.conn_id == held.conn_id and lease.reused
@@ -239,7 +240,7 @@ async def test_cancelled_waiter_handed_a_socket_passes_it_to_the_next_waiter() -
     lease = await second
     assert lease.conn_id == held.conn_id
     assert first.cancelled()
-    pool._check_invariants()
+    check_invariants(pool)
 
 
 async def test_cancelled_waiter_handed_a_free_slot_gives_the_slot_back() -> None:
@@ -283,7 +284,7 @@ async def test_a_newcomer_behind_a_cancelled_waiter_gets_the_free_slot() -> None
     assert not lease.reused and pool.size == 1
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    pool._check_invariants()
+    check_invariants(pool)
     assert pool.stats().waiters == 0 and pool.stats().dialing == 0
 
 
@@ -347,7 +348,7 @@ async def test_max_conns_is_never_exceeded_under_a_burst() -> None:
             tasks.remove(task)
             task.result().release()
             served += 1
-            pool._check_invariants()
+            check_invariants(pool)
         return served == 20
 
     await eventually(release_the_served, what="all 20 acquires served")

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from pool import AccountPool, DialFailed, PoolClosed, PoolConfig, PoolManager
+from pool.invariants import check_invariants
 from tests.pool.fakes import FakeDialer
 from tests.support import FakeClock, eventually
 
@@ -44,7 +45,7 @@ async def test_background_ping_drops_a_failing_idle_socket() -> None:
     # The survivors went back in their old order: the least recently used first.
     lease = await pool.acquire()
     assert lease.conn_id == dialer.dialed[0].conn_id and dialer.dialed[0].pings == 1
-    pool._check_invariants()
+    check_invariants(pool)
 
 
 async def test_a_pinged_socket_is_not_pinged_again_until_the_interval_passes() -> None:
@@ -177,7 +178,7 @@ async def test_cancel_during_ping_before_lease_returns_the_socket() -> None:
     with pytest.raises(asyncio.CancelledError):
         await acquiring
     assert pool.has_idle(conn.conn_id) and pool.stats().leased == 0
-    pool._check_invariants()
+    check_invariants(pool)
     conn.ping_gate.set()
     lease = await pool.acquire()  # still unproven: pinged again, then leased
     assert lease.conn_id == conn.conn_id and conn.pings == 2

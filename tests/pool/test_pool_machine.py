@@ -18,6 +18,7 @@ from hypothesis.stateful import (
 )
 
 from pool import AccountPool, Lease, PoolConfig
+from pool.invariants import check_invariants
 from tests.pool.fakes import FakeConn, FakeDialer
 from tests.support import FakeClock, eventually
 
@@ -200,7 +201,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @invariant()
     def consistent(self) -> None:
-        self.pool._check_invariants()  # heap/index agree, size <= max_conns, no stuck waiter
+        check_invariants(self.pool)  # heap/index agree, size <= max_conns, no stuck waiter
         conns = [lease.conn for lease in self.leases]
         assert len({lease.conn_id for lease in self.leases}) == len(conns), "leased twice"
         for conn in conns:
