@@ -51,6 +51,7 @@ from bench.probes import (
     stage_breakdown,
 )
 from bench.report import CPU_ROWS, TTFT_ROWS, markdown, readme_block
+from bench.rounds import combine_rounds, round_order
 from tests.e2e.harness import SimProcess, auth_headers, run_gateway, run_sim
 from tests.support import REPO_ROOT, ManagedProcess, free_port, python_module
 
@@ -58,6 +59,8 @@ RESULTS = REPO_ROOT / "bench" / "results"
 DOC = REPO_ROOT / "docs" / "benchmarks.md"
 README = REPO_ROOT / "README.md"
 QUANTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
+# Full runs measure every scenario this many times, relays back to back in each round.
+ROUNDS = 3
 PEER = litellm_target.LABEL
 # LiteLLM runs what the summary tables show: not paced-c1000, whose thousand LiteLLM
 # session set-ups would lengthen the run for a row no summary table has
@@ -189,23 +192,27 @@ Config = tuple[str, str, dict[str, str], int | None]  # label, url, headers, rel
 
 
 def scenario_row(
-    sc: Scenario, configs: list[Config], sim: SimProcess, peer: dict[str, Any]
+    sc: Scenario, configs: list[Config], sim: SimProcess, peer: dict[str, Any], rounds: int = 1
 ) -> dict[str, Any]:
-    """One scenario through every relay; LiteLLM's failure is noted in ``peer``, never
-    the end of the run."""
+    """One scenario through every relay, in ``rounds`` rounds combined by median
+    (bench/rounds.py); LiteLLM, far from the others, runs in the first round only. Its
+    failure is noted in ``peer``, never the end of the run."""
     assert sim.proc.proc is not None
-    row: dict[str, Any] = {}
-    for label, url, headers, pid in configs:
-        sim.control.reset()
-        if label != PEER:
-            row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc)
-        elif sc.name in PEER_SCENARIOS:
-            try:
-                row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc, timeout_s=300)
-            except RuntimeError as exc:
-                peer.setdefault("scenario_errors", {})[sc.name] = str(exc)
-    add_relative(row)
-    return row
+    measured: list[dict[str, Any]] = []
+    for index in range(rounds):
+        row: dict[str, Any] = {}
+        for label, url, headers, pid in round_order(configs, index):
+            sim.control.reset()
+            if label != PEER:
+                row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc)
+            elif sc.name in PEER_SCENARIOS and index == 0:
+                try:
+                    row[label] = measure(url, headers, pid, sim.proc.proc.pid, sc, timeout_s=300)
+                except RuntimeError as exc:
+                    peer.setdefault("scenario_errors", {})[sc.name] = str(exc)
+        add_relative(row)
+        measured.append(row)
+    return combine_rounds(measured)
 
 
 def warm_up(url: str, headers: dict[str, str]) -> None:
@@ -273,7 +280,9 @@ def run(quick: bool, only: set[str]) -> dict[str, Any]:
         for sc in scenarios(quick):
             if only and sc.name not in only:
                 continue
-            results["scenarios"][sc.name] = scenario_row(sc, configs, sim, peer)
+            results["scenarios"][sc.name] = scenario_row(
+                sc, configs, sim, peer, rounds=1 if quick else ROUNDS
+            )
             progress(sc.name)
         if only:
             return results

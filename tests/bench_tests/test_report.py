@@ -202,3 +202,12 @@ def test_the_bare_run_is_the_figure_held_to_the_target() -> None:
     readme = readme_block(data)
     assert "**61.5 µs** p50 (the write called at 30.5 µs)" in readme
     assert "upstream write done: 90.0 µs, the floor 45.0 µs" in readme
+
+
+def test_the_method_says_how_many_rounds_were_combined() -> None:
+    one = result()
+    assert "rounds" not in markdown(one)
+    three = result()
+    for data in three["scenarios"]["turn-c1"].values():
+        data["rounds"] = 3
+    assert "Each scenario ran in 3 rounds" in markdown(three)
