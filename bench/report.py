@@ -150,6 +150,7 @@ BARE_ROWS = (
     ("pre_issue", "turn entry → upstream write called"),
     ("frame_to_issue", "frame in (ASGI receive) → upstream write called"),
     ("frame_to_write", "frame in (ASGI receive) → upstream write done"),
+    ("frame_to_first_out", "frame in → first event written to the client (gateway only)"),
 )
 
 

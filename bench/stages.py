@@ -38,6 +38,7 @@ STAGES = (
     "pre_issue",
     "frame_to_issue",
     "frame_to_write",
+    "frame_to_first_out",
     "relay",
     "watch_idle",
     "release",
@@ -73,7 +74,7 @@ class StageProbe:
         client frame's arrival → the upstream write, for any relay in this process (the
         floor too: it needs none of the gateway's functions)."""
         self._restore()
-        self._install_frame_in()
+        self._install_frame_in(frame_only)
         if not frame_only:
             self._install(bare)
         self.records.clear()
@@ -196,7 +197,7 @@ class StageProbe:
 
         return wrapper
 
-    def _install_frame_in(self) -> None:
+    def _install_frame_in(self, frame_only: bool) -> None:
         """The clock starts when the ASGI app is handed a ``response.create`` frame
         (Starlette's ``WebSocket.receive`` returns it) and stops at the end of the first
         upstream write after it: the gateway's ``UpstreamWS.send_text`` or, in the floor,
@@ -222,6 +223,28 @@ class StageProbe:
 
         self._patch(WebSocket, "receive", timed_receive)
         self._patch(Connection, "send", self._async(Connection.send, None, writes=True))
+        if frame_only:  # the gateway's write, in either mode (else _install times it)
+            from gateway.upstream.connection import UpstreamWS
+
+            self._patch(UpstreamWS, "send_text", self._async(UpstreamWS.send_text, None, True))
+        self._install_first_out()
+
+    def _install_first_out(self) -> None:
+        """The first event the gateway writes to the client after the upstream write:
+        ``frame_to_first_out`` is the turn's time to first token inside the gateway
+        (frame in → request out → the upstream's answer → first event out)."""
+        from gateway.session import ClientSink
+
+        send_nowait = ClientSink.send_nowait
+
+        @functools.wraps(send_nowait)
+        def timed_send_nowait(self: Any, frame: Any) -> Any:
+            rec = _record.get()
+            if rec is not None and "_written" in rec and "frame_to_first_out" not in rec:
+                rec["frame_to_first_out"] = _now() - rec.get("_frame_in", rec.get("_entry", 0))
+            return send_nowait(self, frame)
+
+        self._patch(ClientSink, "send_nowait", timed_send_nowait)
 
     def _install(self, bare: bool) -> None:
         """Long because it lists every function one turn passes through, each with its
