@@ -97,6 +97,13 @@ class Close:
         await self.fwd.binder.flush()
         return rid(frames)
 
+    async def two_turns(self, fail_binds: int) -> tuple[str, str]:
+        """A first turn written whole, then a second whose append meets ``fail_binds``
+        failing binds; the two response ids."""
+        first = await self.turn("remember 7")
+        self.store.fail_binds = fail_binds
+        return first, await self.turn("and 8", previous=first)
+
     async def chain(self, ends_with: str) -> list[str] | None:
         deltas = await self.store.inner.load_transcript(GROUP, SESSION)
         items = chain_items(deltas or [], ends_with)
@@ -112,9 +119,7 @@ async def test_a_last_turn_whose_write_failed_is_written_whole_on_close(
 ) -> None:
     rig = rig_factory(config(statestore=DURABLE))
     c = Close(rig)
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 1
-    second = await c.turn("and 8", previous=first)
+    first, second = await c.two_turns(1)
     assert await c.chain(second) is None  # one turn short: what another instance would see
     with caplog.at_level(logging.INFO, logger="gateway.durable"):
         await c.fwd.aclose()
@@ -140,9 +145,7 @@ async def test_a_write_that_keeps_failing_gives_up_after_its_tries_with_one_warn
     rig_factory: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
     c = Close(rig_factory(config(statestore=DURABLE)))
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 100
-    second = await c.turn("and 8", previous=first)
+    _first, second = await c.two_turns(100)
     with caplog.at_level(logging.INFO):
         await c.fwd.aclose()
     assert c.store.binds[1:] == [(second, "append")] + [(second, "whole")] * 3
@@ -161,9 +164,7 @@ async def test_no_try_starts_past_the_budget(rig_factory: Callable[..., Rig]) ->
     # third would start after a 0.1 s backoff, past the budget.
     c = Close(rig_factory(config(statestore=DURABLE)), bind_cost_s=0.45)
     assert c.fwd.durable.close_retry.budget_s == 1.0
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 100
-    second = await c.turn("and 8", previous=first)
+    _first, second = await c.two_turns(100)
     await c.fwd.aclose()
     assert c.store.binds[2:] == [(second, "whole")] * 2
     assert c.slept == [0.05]
@@ -173,9 +174,7 @@ async def test_a_store_that_does_not_answer_spends_the_tries_without_writing(
     rig_factory: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
     c = Close(rig_factory(config(statestore=DURABLE)))
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 1
-    second = await c.turn("and 8", previous=first)
+    first, second = await c.two_turns(1)
     c.store.unreachable = True
     with caplog.at_level(logging.WARNING, logger="gateway.durable"):
         await c.fwd.aclose()
@@ -189,9 +188,7 @@ async def test_a_session_another_instance_took_over_is_left_alone(
     rig_factory: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
     c = Close(rig_factory(config(statestore=DURABLE)))
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 1
-    second = await c.turn("and 8", previous=first)
+    _first, second = await c.two_turns(1)
     # The client came back elsewhere and started over: that instance's chain is newer.
     theirs = TranscriptDelta(None, "resp_elsewhere", [msgspec.Raw(b'{"type":"message"}')])
     other = TurnBinding(
@@ -215,9 +212,7 @@ async def test_nothing_is_written_on_close_when_the_chain_is_whole(
     rig_factory: Callable[..., Rig],
 ) -> None:
     c = Close(rig_factory(config(statestore=DURABLE)))
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 1
-    second = await c.turn("and 8", previous=first)  # failed: the next turn rewrites it all
+    first, second = await c.two_turns(1)  # failed: the next turn rewrites it all
     third = await c.turn("and 9", previous=second)
     await c.fwd.aclose()
     assert c.store.binds == [(first, "whole"), (second, "append"), (third, "whole")]
@@ -229,9 +224,7 @@ async def test_without_durable_transcripts_close_writes_nothing(
     rig_factory: Callable[..., Rig],
 ) -> None:
     c = Close(rig_factory(config(statestore={"durable_transcripts": False})))
-    first = await c.turn("remember 7")
-    c.store.fail_binds = 1
-    second = await c.turn("and 8", previous=first)
+    first, second = await c.two_turns(1)
     await c.fwd.aclose()
     assert c.store.binds == [(first, "none"), (second, "none")]
 
