@@ -312,6 +312,9 @@ class StageProbe:
         patch(run, "_relay", self._async(run._relay, "relay"))
         patch(fwd, "_finish", self._sync(fwd._finish, "bind"))
         patch(pool.AccountPool, "acquire", self._async(pool.AccountPool.acquire, "acquire"))
+        ready = getattr(pool.AccountPool, "acquire_ready", None)  # absent from older trees
+        if ready is not None:
+            patch(pool.AccountPool, "acquire_ready", self._sync(ready, "acquire"))
         patch(lease.Lease, "release", self._sync(lease.Lease.release, "release"))
         patch(conn, "stop_watch", self._sync(conn.stop_watch, "stop_watch"))
         patch(conn, "watch_idle", self._sync(conn.watch_idle, "watch_idle"))
