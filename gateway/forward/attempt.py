@@ -31,7 +31,7 @@ from gateway.session import ClientSink
 from gateway.transcript import Transcript
 from gateway.turn import TurnTracker, UpstreamErrorInfo
 from gateway.upstream.dialer import turn_headers
-from gateway.upstream.ws import HandshakeRejected, UpstreamError, UpstreamWS
+from gateway.upstream.ws import HandshakeRejected, UpstreamError, UpstreamWS, byte_size
 from normalizer import ContinuationState, NormalizeResult, PendingCall, RequestSnapshot, normalize
 from pool import DialFailed, Lease
 
@@ -100,10 +100,6 @@ def prepare(plan: Plan, holder: str | None, transcript: Transcript) -> Normalize
     return result
 
 
-def _byte_size(payload: str | bytes) -> int:
-    return len(payload if isinstance(payload, bytes) or payload.isascii() else payload.encode())
-
-
 def _retry_after(exc: BaseException) -> float | None:
     cause = exc.__cause__ if isinstance(exc, DialFailed) else exc
     if isinstance(cause, HandshakeRejected):
@@ -148,7 +144,7 @@ class WsAttempt:
             facts.tracker = tracker
             try:
                 if ctx.tracing.enabled:
-                    size = _byte_size(result.payload)
+                    size = byte_size(result.payload)
                     with ctx.tracing.child("upstream.write", **{"gateway.bytes": size}):
                         await conn.send_text(result.payload, ctx.cfg.openai_ws.write_timeout_s)
                 else:
@@ -226,7 +222,7 @@ class WsAttempt:
                 extra={
                     "event": "payload_sample",
                     "account_id": plan.account.id,
-                    "bytes": _byte_size(result.payload),
+                    "bytes": byte_size(result.payload),
                     "payload": sampler.render(result.payload),
                 },
             )

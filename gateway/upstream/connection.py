@@ -62,7 +62,8 @@ def _text_message(payload: bytes) -> str | bytes | None:
     return payload if _is_utf8(payload) else None
 
 
-def _byte_size(message: str | bytes) -> int:
+def byte_size(message: str | bytes) -> int:
+    """A text message's size in UTF-8 bytes."""
     if isinstance(message, bytes) or message.isascii():  # str.isascii() does not scan
         return len(message)
     return len(message.encode())
@@ -294,7 +295,7 @@ class UpstreamWS(WSListener):
 
     def _take(self) -> str | bytes:
         message = self._pending.popleft()
-        self._buffered -= _byte_size(message)  # the unit ``_deliver`` added: bytes
+        self._buffered -= byte_size(message)  # the unit ``_deliver`` added: bytes
         if self._reading_paused and self._buffered < RESUME_BELOW and self._transport:
             self._reading_paused = False
             self._transport.underlying_transport.resume_reading()
@@ -303,7 +304,7 @@ class UpstreamWS(WSListener):
     def push_back(self, message: str | bytes) -> None:
         """Return a message to the front of the queue (the next recv gets it first)."""
         self._pending.appendleft(message)
-        self._buffered += _byte_size(message)
+        self._buffered += byte_size(message)
 
     async def send_text(self, data: str | bytes, timeout: float | None = None) -> None:
         """Send one text frame; waits (up to ``timeout``) only while the socket's write

@@ -7,7 +7,7 @@ connection.py  UpstreamWS: the one read path, send, ping with a pong deadline, c
 """
 
 from gateway.upstream.connect import Target, connect, parse_ws_url
-from gateway.upstream.connection import UpstreamWS
+from gateway.upstream.connection import UpstreamWS, byte_size
 from gateway.upstream.errors import (
     CLOSE_ABNORMAL,
     CLOSE_TOO_BIG,
@@ -32,6 +32,7 @@ __all__ = [
     "UpstreamError",
     "UpstreamProtocolError",
     "UpstreamWS",
+    "byte_size",
     "connect",
     "parse_ws_url",
 ]
