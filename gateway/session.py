@@ -148,7 +148,8 @@ class ClientSession:
         self.idle_timeout_s = idle_timeout_s
         self.first_message_timeout_s = first_message_timeout_s
         self.turn_task: asyncio.Task[None] | None = None
-        self._idle = IdleTimer(asyncio.get_running_loop(), lambda: self.in_turn)
+        self._loop = asyncio.get_running_loop()  # asyncio.create_task would look it up
+        self._idle = IdleTimer(self._loop, lambda: self.in_turn)
         self.draining = False
         self.drain_close_code = 1012
 
@@ -243,7 +244,7 @@ class ClientSession:
                     )
                     await self.sink.close(1012, "server draining")
                     return
-                self.turn_task = asyncio.create_task(self._turn(frame))
+                self.turn_task = self._loop.create_task(self._turn(frame))
                 # Let the turn run up to its upstream write before this loop re-arms its
                 # receive: the turn's step was queued first, so it runs first.
                 await asyncio.sleep(0)
