@@ -97,11 +97,16 @@ class RequestSnapshot(msgspec.Struct, frozen=True):
         return _top_decoder.decode(self.raw)  # cannot fail: the whole frame decoded once
 
     def with_previous_response_id(self, value: str | None) -> RequestSnapshot:
-        if value == self.previous_response_id and (
-            value is not None or "previous_response_id" not in self.fields
+        if value is not None and value == self.previous_response_id:
+            return self
+        current = self.fields  # one decode of the frame, when it is the frame's
+        if (
+            value is None
+            and self.previous_response_id is None
+            and "previous_response_id" not in current
         ):
             return self
-        fields = dict(self.fields)
+        fields = dict(current)
         if value is None:
             fields.pop("previous_response_id", None)
         else:

@@ -111,10 +111,13 @@ class AccountPool:
         dial time is bounded by the dialer."""
         if self._closed:
             raise PoolClosed(f"pool for account {self.account_id} is closed")
+        ready = self.acquire_ready(preferred_conn_id=preferred_conn_id)
+        if ready is not None:
+            return ready
         try:
             if preferred_conn_id is not None:
                 entry = self._idle.remove(preferred_conn_id)
-                if entry is not None and (self._ready(entry) or await self._vet(entry)):
+                if entry is not None and await self._vet(entry):  # not leasable as is
                     self._counts.preferred_hits += 1
                     return self._lease(entry, True, True, 0.0)
             while (entry := self._idle.pop()) is not None:
@@ -134,16 +137,13 @@ class AccountPool:
         if self._closed:
             return None
         idle = self._idle
-        entry = idle.get(preferred_conn_id) if preferred_conn_id is not None else None
-        preferred = entry is not None
-        if entry is None:
-            entry = idle.peek()
+        preferred = idle.get(preferred_conn_id) if preferred_conn_id is not None else None
+        entry = preferred or idle.peek()
         if entry is None or not self._ready(entry):
             return None
         idle.remove(entry.conn_id)
-        if preferred:
-            self._counts.preferred_hits += 1
-        lease = self._lease(entry, True, preferred, 0.0)
+        self._counts.preferred_hits += preferred is not None
+        lease = self._lease(entry, True, preferred is not None, 0.0)
         if self.config.min_idle > len(idle):
             self._maybe_prewarm()
         return lease

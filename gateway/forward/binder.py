@@ -133,22 +133,10 @@ class BindWriter:
         nothing is written), None when the store cannot tell (the try is spent). Returns
         (written, the last error when not written and not superseded). Counts as work in
         flight, so a drain waits for it."""
-        if self._on_busy is not None:
-            self._on_busy()
-        try:
-            return await self._write_again(binding, current, retry)
-        finally:
-            if self._on_idle is not None:
-                self._on_idle()
-
-    async def _write_again(
-        self,
-        binding: TurnBinding,
-        current: Callable[[], Awaitable[bool | None]],
-        retry: Retry,
-    ) -> tuple[bool, str | None]:
         error = "no time left to write"
         started = retry.clock()
+        if self._on_busy is not None:
+            self._on_busy()
         try:
             async with asyncio.timeout(retry.budget_s):
                 for attempt in range(retry.attempts):
@@ -173,4 +161,7 @@ class BindWriter:
                     error = outcome.error or "not written"
         except TimeoutError:
             error = f"{error}; out of time"
+        finally:
+            if self._on_idle is not None:
+                self._on_idle()
         return False, error

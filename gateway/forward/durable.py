@@ -68,22 +68,28 @@ class DurableTranscript:
         starts = sent.previous_response_id is None
         if self.over and not starts:
             return None, False
-        whole = self.resync or starts
-        if whole:
-            full = self.transcript.items if self.transcript.response_id == response_id else None
-            if full is None:  # the socket's own transcript is over its cap
+        if self.resync or starts:
+            delta = self._whole(response_id)
+            if delta is None:  # the socket's own transcript is over its cap
                 return self._give_up()
-            items = [item.raw for item in full]
             self.nbytes = 0
         else:
             items = [item.raw for item in sent.items]
             items.extend(output)
-        delta = TranscriptDelta(None if whole else sent.previous_response_id, response_id, items)
+            delta = TranscriptDelta(sent.previous_response_id, response_id, items)
         self.nbytes += delta.nbytes
         if self.nbytes > self.max_bytes:
             return self._give_up()
         self.resync = self.over = False
         return delta, False
+
+    def _whole(self, response_id: str) -> TranscriptDelta | None:
+        """The whole conversation as one delta, when the socket's transcript ends at
+        ``response_id``."""
+        items = self.transcript.items
+        if items is None or self.transcript.response_id != response_id:
+            return None
+        return TranscriptDelta(None, response_id, [item.raw for item in items])
 
     def _give_up(self) -> tuple[TranscriptDelta | None, bool]:
         dropped = not self.over
@@ -114,11 +120,8 @@ class DurableTranscript:
         write failed since the last whole one and nothing made it good; else None."""
         if not self.enabled or not self.resync or self.over or last is None:
             return None
-        items = self.transcript.items
-        if items is None or self.transcript.response_id != last.response_id:
-            return None  # the socket no longer holds what that turn left
-        delta = TranscriptDelta(None, last.response_id, [item.raw for item in items])
-        if delta.nbytes > self.max_bytes:
+        delta = self._whole(last.response_id)
+        if delta is None or delta.nbytes > self.max_bytes:  # none kept for that turn
             return None
         return msgspec.structs.replace(last, transcript=delta, drop_transcript=False)
 
